@@ -1,0 +1,127 @@
+"""Validation of the ``pag_*`` pipeline arguments, shared by the SD3 and FLUX pipelines.
+
+Everything a user can get wrong is checked here, before a pipeline touches its transformer, so a bad call raises a
+ValueError that names the problem and leaves nothing modified.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .attention import check_target_scope
+from .guidance import adaptive_scale, check_interval, in_interval
+from .heads import Head, HeadLayout, HeadSet
+
+__all__ = ["PAGArguments", "heads_per_image", "layers_from_applied"]
+
+
+def _is_per_image_list(value: Any) -> bool:
+    """A list of head sets (one per image) rather than one head set written as ``[(13, 17), ...]``."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    return any(isinstance(item, (str, Path, HeadSet, Mapping)) or item is None or _is_tuple_list(item) for item in value)
+
+
+def _is_tuple_list(item: Any) -> bool:
+    return isinstance(item, (list, tuple)) and bool(item) and all(isinstance(x, (list, tuple, Head)) for x in item)
+
+
+def layers_from_applied(applied: Sequence[int | str] | int | str | None, layout: HeadLayout) -> HeadSet:
+    """diffusers-style ``pag_applied_layers`` (ints, or ``"blocks.N"`` / ``"single_blocks.N"`` for FLUX's single-stream
+    block N), matched exactly, as every head of those layers."""
+    if applied is None:
+        return HeadSet()
+    if isinstance(applied, (int, str)):
+        applied = [applied]
+    heads = []
+    for item in applied:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise ValueError(f"pag_applied_layers entry {item!r} must be an int or 'blocks.N'")
+        if isinstance(item, int):
+            layer = item
+        else:
+            match = re.fullmatch(r"\s*(single_)?(?:transformer_)?blocks\.(\d+)\s*", item)
+            if match is None:
+                raise ValueError(f"pag_applied_layers entry {item!r} must be an int, 'blocks.N' or 'single_blocks.N'")
+            layer = int(match.group(2))
+            if match.group(1):
+                if layout.model_type != "flux":
+                    raise ValueError(f"pag_applied_layers entry {item!r}: this model has no single-stream blocks")
+                layer += layout.num_double_layers
+        heads.append(Head(layer, None))
+    return HeadSet(heads).validate(layout)
+
+
+def heads_per_image(pag_heads: Any, num_prompts: int, num_images_per_prompt: int) -> list[HeadSet]:
+    """One HeadSet per generated image. A per-image list may name one entry per image or one per prompt (then each
+    prompt's images share it)."""
+    total = num_prompts * num_images_per_prompt
+    if not _is_per_image_list(pag_heads):
+        return [HeadSet.coerce(pag_heads)] * total
+    sets = [HeadSet.coerce(item) for item in pag_heads]
+    if len(sets) == total:
+        return sets
+    if len(sets) == num_prompts:
+        return [s for s in sets for _ in range(num_images_per_prompt)]
+    raise ValueError(
+        f"pag_heads has {len(sets)} head sets but the call generates {total} images ({num_prompts} prompts × "
+        f"{num_images_per_prompt}); give one per image or one per prompt"
+    )
+
+
+@dataclass(frozen=True)
+class PAGArguments:
+    """The validated ``pag_*`` arguments of one call.
+
+    ``softness`` holds one ``{(layer, head): u}`` per generated image; ``active`` is False when the perturbed branch
+    never runs (no heads, every u = 0, or ``pag_scale = 0``).
+    """
+
+    softness: tuple[dict, ...]
+    pag_scale: float
+    pag_target: str
+    pag_scope: str
+    pag_interval: tuple[float, float]
+    pag_adaptive_scale: float
+
+    @property
+    def active(self) -> bool:
+        return self.pag_scale != 0 and any(u > 0 for heads in self.softness for u in heads.values())
+
+    def scale_at(self, step_index: int, num_steps: int, t: Any) -> float:
+        """``w_t`` for this step: 0 outside ``pag_interval`` (the branch is then not computed), else the adaptive scale."""
+        if not in_interval(step_index, num_steps, self.pag_interval):
+            return 0.0
+        return adaptive_scale(self.pag_scale, self.pag_adaptive_scale, float(t))
+
+    @classmethod
+    def from_call(
+        cls,
+        layout: HeadLayout,
+        *,
+        pag_heads: Any,
+        pag_scale: float,
+        pag_softness: float,
+        pag_target: str,
+        pag_scope: str,
+        pag_interval: Sequence[float],
+        pag_adaptive_scale: float,
+        pag_applied_layers: Any,
+        num_prompts: int,
+        num_images_per_prompt: int,
+    ) -> "PAGArguments":
+        for name, value in (("pag_scale", pag_scale), ("pag_adaptive_scale", pag_adaptive_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if pag_adaptive_scale < 0:
+            raise ValueError(f"pag_adaptive_scale must be >= 0, got {pag_adaptive_scale}")
+        check_target_scope(pag_target, pag_scope)
+        interval = check_interval(pag_interval)
+        applied = layers_from_applied(pag_applied_layers, layout)
+        per_image = heads_per_image(pag_heads, num_prompts, num_images_per_prompt)
+        softness = tuple((heads | applied).softness_map(layout, pag_softness) for heads in per_image)
+        return cls(softness, float(pag_scale), pag_target, pag_scope, interval, float(pag_adaptive_scale))

@@ -1,0 +1,67 @@
+"""Combining branch predictions, and the schedules that decide when and how strongly the perturbed branch acts.
+
+Symbols follow PAPER.md: ``v_c`` conditional, ``v_u`` unconditional, ``v̂`` perturbed prediction, ``g`` the CFG scale,
+``w`` the perturbation-guidance scale (``pag_scale``), ``a`` the adaptive-scale slope, ``t`` the timestep in [0, 1000].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+__all__ = ["adaptive_scale", "check_interval", "guided_prediction", "in_interval", "scatter_perturbed"]
+
+
+def guided_prediction(
+    v_cond: torch.Tensor,
+    v_pert: torch.Tensor | None,
+    pag_scale: float,
+    v_uncond: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """``v = v_u + g·(v_c − v_u) + w·(v_c − v̂)`` with CFG, ``v = v_c + w·(v_c − v̂)`` without.
+
+    ``v_pert`` None (branch not run this step) drops the perturbation term; ``v_uncond`` None drops CFG.
+    """
+    if v_uncond is not None:
+        v = v_uncond + guidance_scale * (v_cond - v_uncond)
+    else:
+        v = v_cond
+    if v_pert is not None and pag_scale != 0:
+        v = v + pag_scale * (v_cond - v_pert)
+    return v
+
+
+def scatter_perturbed(v_cond: torch.Tensor, v_pert_rows: torch.Tensor, samples: Sequence[int]) -> torch.Tensor:
+    """Full-batch ``v̂``: the perturbed prediction for the images that perturb heads, ``v_c`` for the others (so their
+    guidance term is zero)."""
+    v_pert = v_cond.clone()
+    v_pert[torch.as_tensor(list(samples), device=v_cond.device)] = v_pert_rows.to(v_cond.dtype)
+    return v_pert
+
+
+def adaptive_scale(pag_scale: float, pag_adaptive_scale: float, t: float) -> float:
+    """diffusers' adaptive PAG scale: ``w_t = max(0, w − a·(1000 − t))``; ``a = 0`` keeps ``w``."""
+    if pag_adaptive_scale == 0:
+        return float(pag_scale)
+    return max(0.0, float(pag_scale) - float(pag_adaptive_scale) * (1000.0 - float(t)))
+
+
+def check_interval(interval: Sequence[float]) -> tuple[float, float]:
+    """Validate ``pag_interval = (start, end)``, fractions of the denoising steps with 0 ≤ start ≤ end ≤ 1."""
+    try:
+        start, end = (float(x) for x in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"pag_interval must be two fractions (start, end), got {interval!r}") from None
+    if not (0.0 <= start <= end <= 1.0) or math.isnan(start) or math.isnan(end):
+        raise ValueError(f"pag_interval must satisfy 0 <= start <= end <= 1, got {interval!r}")
+    return start, end
+
+
+def in_interval(step_index: int, num_steps: int, interval: tuple[float, float]) -> bool:
+    """Whether step ``i`` of ``n`` lies in the interval: ``start ≤ i/n < end``."""
+    start, end = interval
+    fraction = step_index / max(1, num_steps)
+    return start <= fraction < end

@@ -1,0 +1,208 @@
+"""Tiny random-weight SD3, SD3.5-style and FLUX.1 pipelines, built offline (tokenizers included) and deterministically.
+
+They share the classes of the real models, so everything headhunter does on SD3-medium or FLUX.1-dev runs on them in
+milliseconds: the tests, ``headhunter demo`` and the UI's default model use them. The images are noise; only the
+code paths are real.
+
+    >>> from headhunter.testing import tiny_pipeline
+    >>> pipe = tiny_pipeline("sd3")                        # a HeadHunterSD3Pipeline
+    >>> image = pipe("a cat", pag_heads="L1H2", num_inference_steps=2).images[0]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["TINY_MODELS", "tiny_clip_tokenizer", "tiny_components", "tiny_pipeline", "tiny_t5_tokenizer"]
+
+#: Names accepted by :func:`tiny_pipeline` (and by the CLI's ``--model``).
+TINY_MODELS = ("tiny-sd3", "tiny-sd3.5", "tiny-sd3.5-dual", "tiny-flux")
+
+_CLIP_HIDDEN = 16
+_JOINT_DIM = 32
+
+
+def tiny_clip_tokenizer() -> Any:
+    """A byte-level CLIP BPE tokenizer without merges: start/end tokens plus every byte character, with and
+    without the end-of-word mark, so any text tokenizes (one token per character)."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def tiny_t5_tokenizer() -> Any:
+    """A T5-style Unigram tokenizer (``<pad>``=0, ``</s>``=1, ``<unk>``=2, ``▁``-prefixed pieces) for ASCII text."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    chars = [chr(c) for c in range(33, 127)]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + c, -3.0) for c in chars] + [(c, -4.0) for c in chars]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    backend.normalizer = normalizers.Sequence([normalizers.Replace("  ", " ")])
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0)
+
+
+def _clip_text_encoder(with_projection: bool, hidden: int, projection: int, tokenizer: Any) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=projection,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act="gelu",
+    )
+    model_cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return model_cls(config)
+
+
+def _t5_encoder(d_model: int, tokenizer: Any) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=2 * d_model,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config)
+
+
+def _vae(latent_channels: int, shift: float | None) -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=32,
+        scaling_factor=1.5035,
+        shift_factor=shift,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
+def tiny_components(model: str = "tiny-sd3", *, num_layers: int = 3, num_single_layers: int = 2, seed: int = 0) -> dict:
+    """The components of a tiny pipeline, each in eval mode, with weights fixed by ``seed``.
+
+    Args:
+        model: ``tiny-sd3`` (SD3), ``tiny-sd3.5`` (QK RMS-norm), ``tiny-sd3.5-dual`` (QK-norm and SD3.5's image-only
+            ``attn2`` in the first block), ``tiny-flux`` (FLUX.1-dev style, guidance embedding on).
+        num_layers: joint blocks (SD3) or double-stream blocks (FLUX).
+        num_single_layers: FLUX single-stream blocks.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
+
+    model = model.lower()
+    if model not in TINY_MODELS:
+        raise ValueError(f"unknown tiny model {model!r}; choose one of {', '.join(TINY_MODELS)}")
+    clip = tiny_clip_tokenizer()
+    t5 = tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    if model == "tiny-flux":
+        components = {
+            "transformer": FluxTransformer2DModel(
+                patch_size=1,
+                in_channels=16,
+                num_layers=num_layers,
+                num_single_layers=num_single_layers,
+                attention_head_dim=16,
+                num_attention_heads=2,
+                joint_attention_dim=_JOINT_DIM,
+                pooled_projection_dim=_JOINT_DIM,
+                guidance_embeds=True,
+                axes_dims_rope=[4, 4, 8],
+            ),
+            "text_encoder": _clip_text_encoder(False, _JOINT_DIM, _JOINT_DIM, clip),
+            "tokenizer": clip,
+            "text_encoder_2": _t5_encoder(_JOINT_DIM, t5),
+            "tokenizer_2": t5,
+            "vae": _vae(4, 0.0609),
+            "scheduler": FlowMatchEulerDiscreteScheduler(),
+            "image_encoder": None,
+            "feature_extractor": None,
+        }
+    else:
+        qk_norm = None if model == "tiny-sd3" else "rms_norm"
+        dual = (0,) if model == "tiny-sd3.5-dual" else ()
+        components = {
+            "transformer": SD3Transformer2DModel(
+                sample_size=16,
+                patch_size=2,
+                in_channels=16,
+                out_channels=16,
+                num_layers=num_layers,
+                attention_head_dim=8,
+                num_attention_heads=4,
+                joint_attention_dim=_JOINT_DIM,
+                caption_projection_dim=_JOINT_DIM,
+                pooled_projection_dim=2 * _JOINT_DIM,
+                pos_embed_max_size=96,
+                qk_norm=qk_norm,
+                dual_attention_layers=dual,
+            ),
+            "text_encoder": _clip_text_encoder(True, _CLIP_HIDDEN, _JOINT_DIM, clip),
+            "tokenizer": clip,
+            "text_encoder_2": _clip_text_encoder(True, _CLIP_HIDDEN, _JOINT_DIM, clip),
+            "tokenizer_2": clip,
+            "text_encoder_3": _t5_encoder(_JOINT_DIM, t5),
+            "tokenizer_3": t5,
+            "vae": _vae(16, 0.0609),
+            "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+            "image_encoder": None,
+            "feature_extractor": None,
+        }
+    for component in components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return components
+
+
+def tiny_pipeline(model: str = "tiny-sd3", pipeline_class: Any = None, **options: Any) -> Any:
+    """A tiny pipeline; by default the HeadHunter pipeline of the family, or ``pipeline_class`` (e.g. diffusers'
+    ``StableDiffusion3Pipeline``) built on the same components. ``options`` go to :func:`tiny_components`."""
+    components = tiny_components(model, **options)
+    if pipeline_class is None:
+        from headhunter.pipelines import HeadHunterFluxPipeline, HeadHunterSD3Pipeline
+
+        pipeline_class = HeadHunterFluxPipeline if model.lower() == "tiny-flux" else HeadHunterSD3Pipeline
+    return build_pipeline(pipeline_class, components)
+
+
+def build_pipeline(pipeline_class: Any, components: dict) -> Any:
+    """``pipeline_class(**components)``, passing only the components its constructor takes."""
+    import inspect
+
+    accepted = set(inspect.signature(pipeline_class.__init__).parameters)
+    pipe = pipeline_class(**{k: v for k, v in components.items() if k in accepted})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

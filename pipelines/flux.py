@@ -1,0 +1,428 @@
+"""``HeadHunterFluxPipeline``: FLUX.1 (dev, schnell) with head-level SoftPAG guidance."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from diffusers import FluxPipeline
+from diffusers.image_processor import PipelineImageInput
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
+from diffusers.utils.torch_utils import get_module_execution_device
+
+from headhunter.arguments import PAGArguments
+from headhunter.attention import build_plan, perturbed_heads
+from headhunter.guidance import guided_prediction, scatter_perturbed
+from headhunter.heads import HeadLayout
+
+from ._docs import PAG_ARGS_DOC
+
+EXAMPLE_DOC = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from headhunter.pipelines import HeadHunterFluxPipeline
+
+        >>> pipe = HeadHunterFluxPipeline.from_pretrained("black-forest-labs/FLUX.1-dev", torch_dtype=torch.bfloat16)
+        >>> pipe.enable_model_cpu_offload()
+        >>> image = pipe(
+        ...     "a young woman in a red dress",
+        ...     height=512,
+        ...     width=512,
+        ...     num_inference_steps=15,
+        ...     pag_heads="flux-golden-hour",
+        ...     pag_scale=8.0,
+        ... ).images[0]
+        ```
+"""
+
+
+class HeadHunterFluxPipeline(FluxPipeline):
+    r"""
+    [`FluxPipeline`] with perturbation guidance on individual attention heads (SoftPAG, HeadHunter).
+
+    Loads like its parent and accepts every argument of its parent's `__call__`, plus the `pag_*` arguments. Layers are
+    numbered globally: `0..D-1` the double-stream blocks, `D..D+S-1` the single-stream blocks (57 layers for FLUX.1).
+    `guidance_scale` keeps its meaning (the distilled guidance embedding, fed to every branch); real CFG is
+    `true_cfg_scale > 1` with a negative prompt.
+
+    Attributes:
+        share_prefix (`bool`, defaults to `True`):
+            Run the blocks before the first perturbed layer once for the conditional and the perturbed branch, and
+            fork the branch there. `False` runs the branch through every block (same result, more work).
+    """
+
+    share_prefix: bool = True
+
+    @property
+    def head_layout(self) -> HeadLayout:
+        """Layers and heads of this pipeline's transformer."""
+        return HeadLayout.from_transformer(self.transformer)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] = None,
+        prompt_2: str | list[str] | None = None,
+        negative_prompt: str | list[str] = None,
+        negative_prompt_2: str | list[str] | None = None,
+        true_cfg_scale: float = 1.0,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 28,
+        sigmas: list[float] | None = None,
+        guidance_scale: float = 3.5,
+        num_images_per_prompt: int | None = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.FloatTensor | None = None,
+        prompt_embeds: torch.FloatTensor | None = None,
+        pooled_prompt_embeds: torch.FloatTensor | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        negative_ip_adapter_image: PipelineImageInput | None = None,
+        negative_ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        negative_prompt_embeds: torch.FloatTensor | None = None,
+        negative_pooled_prompt_embeds: torch.FloatTensor | None = None,
+        output_type: str | None = "pil",
+        return_dict: bool = True,
+        joint_attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable[[int, int], None] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        max_sequence_length: int = 512,
+        pag_heads: Any = None,
+        pag_scale: float = 3.0,
+        pag_softness: float = 1.0,
+        pag_target: str = "identity",
+        pag_scope: str = "joint",
+        pag_interval: tuple[float, float] = (0.0, 1.0),
+        pag_adaptive_scale: float = 0.0,
+        pag_applied_layers: list[int | str] | None = None,
+    ) -> FluxPipelineOutput | tuple:
+        height = height or self.default_sample_size * self.vae_scale_factor
+        width = width or self.default_sample_size * self.vae_scale_factor
+
+        # 1. Check inputs. Raise error if not correct
+        self.check_inputs(
+            prompt,
+            prompt_2,
+            height,
+            width,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            max_sequence_length=max_sequence_length,
+        )
+
+        self._guidance_scale = guidance_scale
+        self._joint_attention_kwargs = joint_attention_kwargs
+        self._current_timestep = None
+        self._interrupt = False
+
+        # 2. Define call parameters
+        if prompt is not None and isinstance(prompt, str):
+            batch_size = 1
+        elif prompt is not None and isinstance(prompt, list):
+            batch_size = len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
+
+        # 2b. HeadHunter: validate the pag_* arguments before anything runs
+        pag = PAGArguments.from_call(
+            self.head_layout,
+            pag_heads=pag_heads,
+            pag_scale=pag_scale,
+            pag_softness=pag_softness,
+            pag_target=pag_target,
+            pag_scope=pag_scope,
+            pag_interval=pag_interval,
+            pag_adaptive_scale=pag_adaptive_scale,
+            pag_applied_layers=pag_applied_layers,
+            num_prompts=batch_size,
+            num_images_per_prompt=num_images_per_prompt,
+        )
+        uses_ip_adapter = any(
+            x is not None
+            for x in (ip_adapter_image, ip_adapter_image_embeds, negative_ip_adapter_image, negative_ip_adapter_image_embeds)
+        )
+        if pag.active and uses_ip_adapter:
+            raise ValueError("pag_heads cannot be combined with an IP-Adapter: it replaces the perturbed layers' processors")
+
+        device = self._execution_device
+
+        lora_scale = (
+            self.joint_attention_kwargs.get("scale", None) if self.joint_attention_kwargs is not None else None
+        )
+        has_neg_prompt = negative_prompt is not None or (
+            negative_prompt_embeds is not None and negative_pooled_prompt_embeds is not None
+        )
+        do_true_cfg = true_cfg_scale > 1 and has_neg_prompt
+        if do_true_cfg and prompt_embeds is not None and negative_prompt_embeds is not None:
+            if prompt_embeds.shape != negative_prompt_embeds.shape:
+                raise ValueError(
+                    "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but"
+                    f" got: `prompt_embeds` {prompt_embeds.shape} != `negative_prompt_embeds`"
+                    f" {negative_prompt_embeds.shape}."
+                )
+        (
+            prompt_embeds,
+            pooled_prompt_embeds,
+            text_ids,
+        ) = self.encode_prompt(
+            prompt=prompt,
+            prompt_2=prompt_2,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=max_sequence_length,
+            lora_scale=lora_scale,
+        )
+        if do_true_cfg:
+            (
+                negative_prompt_embeds,
+                negative_pooled_prompt_embeds,
+                negative_text_ids,
+            ) = self.encode_prompt(
+                prompt=negative_prompt,
+                prompt_2=negative_prompt_2,
+                prompt_embeds=negative_prompt_embeds,
+                pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                device=device,
+                num_images_per_prompt=num_images_per_prompt,
+                max_sequence_length=max_sequence_length,
+                lora_scale=lora_scale,
+            )
+
+        # 3. HeadHunter: the perturbation plan over the batch [negative (true CFG only); conditional]
+        plan = None
+        if pag.active:
+            plan = build_plan(
+                self.head_layout,
+                pag.softness,
+                do_classifier_free_guidance=do_true_cfg,
+                target=pag.pag_target,
+                scope=pag.pag_scope,
+                share_prefix=self.share_prefix,
+                text_len=prompt_embeds.shape[1],
+            )
+
+        # 4. Prepare latent variables
+        num_channels_latents = self.transformer.config.in_channels // 4
+        latents, latent_image_ids = self.prepare_latents(
+            batch_size * num_images_per_prompt,
+            num_channels_latents,
+            height,
+            width,
+            prompt_embeds.dtype,
+            device,
+            generator,
+            latents,
+        )
+
+        # 5. Prepare timesteps
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps) if sigmas is None else sigmas
+        if hasattr(self.scheduler.config, "use_flow_sigmas") and self.scheduler.config.use_flow_sigmas:
+            sigmas = None
+        image_seq_len = latents.shape[1]
+        mu = calculate_shift(
+            image_seq_len,
+            self.scheduler.config.get("base_image_seq_len", 256),
+            self.scheduler.config.get("max_image_seq_len", 4096),
+            self.scheduler.config.get("base_shift", 0.5),
+            self.scheduler.config.get("max_shift", 1.15),
+        )
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler,
+            num_inference_steps,
+            device,
+            sigmas=sigmas,
+            mu=mu,
+        )
+        num_warmup_steps = max(len(timesteps) - num_inference_steps * self.scheduler.order, 0)
+        self._num_timesteps = len(timesteps)
+
+        # handle guidance
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32)
+            guidance = guidance.expand(latents.shape[0])
+        else:
+            guidance = None
+
+        if (ip_adapter_image is not None or ip_adapter_image_embeds is not None) and (
+            negative_ip_adapter_image is None and negative_ip_adapter_image_embeds is None
+        ):
+            negative_ip_adapter_image = np.zeros((width, height, 3), dtype=np.uint8)
+            negative_ip_adapter_image = [negative_ip_adapter_image] * self.transformer.encoder_hid_proj.num_ip_adapters
+        elif (ip_adapter_image is None and ip_adapter_image_embeds is None) and (
+            negative_ip_adapter_image is not None or negative_ip_adapter_image_embeds is not None
+        ):
+            ip_adapter_image = np.zeros((width, height, 3), dtype=np.uint8)
+            ip_adapter_image = [ip_adapter_image] * self.transformer.encoder_hid_proj.num_ip_adapters
+
+        if self.joint_attention_kwargs is None:
+            self._joint_attention_kwargs = {}
+
+        image_embeds = None
+        negative_image_embeds = None
+        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
+            image_embeds = self.prepare_ip_adapter_image_embeds(
+                ip_adapter_image,
+                ip_adapter_image_embeds,
+                device,
+                batch_size * num_images_per_prompt,
+            )
+        if negative_ip_adapter_image is not None or negative_ip_adapter_image_embeds is not None:
+            negative_image_embeds = self.prepare_ip_adapter_image_embeds(
+                negative_ip_adapter_image,
+                negative_ip_adapter_image_embeds,
+                device,
+                batch_size * num_images_per_prompt,
+            )
+
+        # HeadHunter: the batched inputs used on steps where the perturbed branch runs
+        if plan is not None:
+            if do_true_cfg:
+                branch_prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+                branch_pooled_prompt_embeds = torch.cat([negative_pooled_prompt_embeds, pooled_prompt_embeds])
+            else:
+                branch_prompt_embeds, branch_pooled_prompt_embeds = prompt_embeds, pooled_prompt_embeds
+            branch_guidance = None if guidance is None else guidance[:1].expand(plan.base_rows)
+
+        # 6. Denoising loop
+        # We set the index here to remove DtoH sync, helpful especially during compilation.
+        self.scheduler.set_begin_index(0)
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+
+                self._current_timestep = t
+                if image_embeds is not None:
+                    self._joint_attention_kwargs["ip_adapter_image_embeds"] = image_embeds
+
+                # HeadHunter: w_t for this step; 0 means the perturbed branch is not computed
+                pag_scale_t = pag.scale_at(i, num_inference_steps, t) if plan is not None else 0.0
+
+                if pag_scale_t > 0:
+                    # every branch in one forward: [negative;] conditional, and the perturbed rows forked inside
+                    # the transformer at the first perturbed layer
+                    model_latents = torch.cat([latents] * 2) if do_true_cfg else latents
+                    timestep = t.expand(model_latents.shape[0]).to(latents.dtype)
+                    with self.transformer.cache_context("headhunter"), perturbed_heads(self.transformer, plan):
+                        branch_pred = self.transformer(
+                            hidden_states=model_latents,
+                            timestep=timestep / 1000,
+                            guidance=branch_guidance,
+                            pooled_projections=branch_pooled_prompt_embeds,
+                            encoder_hidden_states=branch_prompt_embeds,
+                            txt_ids=text_ids,
+                            img_ids=latent_image_ids,
+                            joint_attention_kwargs=self.joint_attention_kwargs,
+                            return_dict=False,
+                        )[0]
+                    base_pred, perturbed_rows = branch_pred[: plan.base_rows], branch_pred[plan.base_rows :]
+                    if do_true_cfg:
+                        neg_noise_pred, noise_pred_text = base_pred.chunk(2)
+                    else:
+                        neg_noise_pred, noise_pred_text = None, base_pred
+                    noise_pred = guided_prediction(
+                        noise_pred_text,
+                        scatter_perturbed(noise_pred_text, perturbed_rows, plan.samples),
+                        pag_scale_t,
+                        neg_noise_pred,
+                        true_cfg_scale,
+                    )
+                else:
+                    # the stock FluxPipeline step
+                    timestep = t.expand(latents.shape[0]).to(latents.dtype)
+                    with self.transformer.cache_context("cond"):
+                        noise_pred = self.transformer(
+                            hidden_states=latents,
+                            timestep=timestep / 1000,
+                            guidance=guidance,
+                            pooled_projections=pooled_prompt_embeds,
+                            encoder_hidden_states=prompt_embeds,
+                            txt_ids=text_ids,
+                            img_ids=latent_image_ids,
+                            joint_attention_kwargs=self.joint_attention_kwargs,
+                            return_dict=False,
+                        )[0]
+
+                    if do_true_cfg:
+                        if negative_image_embeds is not None:
+                            self._joint_attention_kwargs["ip_adapter_image_embeds"] = negative_image_embeds
+
+                        with self.transformer.cache_context("uncond"):
+                            neg_noise_pred = self.transformer(
+                                hidden_states=latents,
+                                timestep=timestep / 1000,
+                                guidance=guidance,
+                                pooled_projections=negative_pooled_prompt_embeds,
+                                encoder_hidden_states=negative_prompt_embeds,
+                                txt_ids=negative_text_ids,
+                                img_ids=latent_image_ids,
+                                joint_attention_kwargs=self.joint_attention_kwargs,
+                                return_dict=False,
+                            )[0]
+                        noise_pred = neg_noise_pred + true_cfg_scale * (noise_pred - neg_noise_pred)
+
+                # compute the previous noisy sample x_t -> x_t-1
+                latents_dtype = latents.dtype
+                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+
+                if latents.dtype != latents_dtype:
+                    if torch.backends.mps.is_available():
+                        # some platforms (eg. apple mps) misbehave due to a pytorch bug: https://github.com/pytorch/pytorch/pull/99272
+                        latents = latents.to(latents_dtype)
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for k in callback_on_step_end_tensor_inputs:
+                        callback_kwargs[k] = locals()[k]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+
+                    latents = callback_outputs.pop("latents", latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+
+                if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
+                    progress_bar.update()
+
+        self._current_timestep = None
+
+        if output_type == "latent":
+            image = latents
+        else:
+            latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
+            latents = (latents / self.vae.config.scaling_factor) + self.vae.config.shift_factor
+            latents = latents.to(get_module_execution_device(self.vae))
+            image = self.vae.decode(latents, return_dict=False)[0]
+            image = self.image_processor.postprocess(image, output_type=output_type)
+
+        # Offload all models
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (image,)
+
+        return FluxPipelineOutput(images=image)
+
+
+HeadHunterFluxPipeline.__call__.__doc__ = (
+    """
+        Generate images with head-level perturbation guidance: `v = v_cond + w_t * (v_cond - v_perturbed)`, plus
+        real CFG `v_neg + true_cfg_scale * (v_cond - v_neg)` when `true_cfg_scale > 1` and a negative prompt is given.
+        On steps where the perturbed branch runs, all branches run in one batched forward and the perturbed branch
+        forks from the conditional one at the first perturbed layer; other steps are the stock `FluxPipeline` step.
+
+        Every argument of [`FluxPipeline.__call__`] keeps its meaning and default. Added:
+
+        Args:"""
+    + PAG_ARGS_DOC
+    + EXAMPLE_DOC
+)
