@@ -1,0 +1,156 @@
+"""An independent reference for SoftPAG: diffusers' stock attention processors with their attention kernel replaced
+by an explicit N×N computation of ``(1 - u)·A + u·T`` per head, and a plain denoising loop that runs every branch of
+every image separately (batch 1, no shared prefix). Nothing here imports headhunter's attention code."""
+
+from __future__ import annotations
+
+import contextlib
+import types
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.models import attention_processor
+from diffusers.models.transformers import transformer_flux
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps as flux_timesteps
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps as sd3_timesteps
+
+
+def explicit_target(q: torch.Tensor, k: torch.Tensor, target: str, scope: str, image: slice) -> torch.Tensor:
+    """T as an explicit [N, N] matrix for one head; q, k are [N, D]."""
+    n, d = q.shape
+    logits = q @ k.T / d**0.5
+    if scope == "image":
+        mask = torch.zeros(n, n)
+        idx = torch.arange(n)[image]
+        mask[idx[:, None], idx[None, :]] = float("-inf")
+        mask[idx, idx] = 0.0
+        return (logits + mask).softmax(-1)
+    if target == "identity":
+        return torch.eye(n)
+    if target == "uniform":
+        return torch.full((n, n), 1.0 / n)
+    if target == "query_mean":
+        row = (q.mean(0, keepdim=True) @ k.T / d**0.5).softmax(-1)
+        return row.expand(n, n)
+    if target == "max":
+        return F.one_hot((q @ k.T).argmax(-1), n).to(q.dtype)
+    raise AssertionError(target)
+
+
+class ExplicitKernel:
+    """Attention kernel computing ``((1 - u)·A + u·T)·V`` per head with explicit matrices, for batch 1 only."""
+
+    def __init__(self, softness: dict, target: str, scope: str, image_first: bool, n_text: int):
+        self.softness = softness  # {(layer, head): u}
+        self.target, self.scope = target, scope
+        self.image_first, self.n_text = image_first, n_text
+        self.layer = None
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q, k, v: [1, H, N, D] → [1, H, N, D]."""
+        assert q.shape[0] == 1, "the reference runs one image at a time"
+        n = q.shape[2]
+        image = slice(0, n - self.n_text) if self.image_first else slice(self.n_text, n)
+        outs = []
+        for h in range(q.shape[1]):
+            qh, kh, vh = q[0, h].double(), k[0, h].double(), v[0, h].double()
+            a = (qh @ kh.T / qh.shape[-1] ** 0.5).softmax(-1)
+            u = self.softness.get((self.layer, h), 0.0)
+            if u > 0:
+                a = (1 - u) * a + u * explicit_target(qh, kh, self.target, self.scope, image).double()
+            outs.append((a @ vh).to(v.dtype))
+        return torch.stack(outs)[None]
+
+
+@contextlib.contextmanager
+def explicit_attention(transformer, kernel: ExplicitKernel, layer_of: dict):
+    """Route the stock processors' attention through ``kernel``; ``layer_of`` maps attention modules to layer numbers."""
+
+    def sdpa(query, key, value, *args, **kwargs):  # SD3 stock processors: [B, H, N, D]
+        return kernel(query, key, value)
+
+    def dispatch(query, key, value, *args, **kwargs):  # FLUX stock processors: [B, N, H, D]
+        return kernel(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)).transpose(1, 2)
+
+    fake_f = types.SimpleNamespace(**{name: getattr(F, name) for name in dir(F) if not name.startswith("__")})
+    fake_f.scaled_dot_product_attention = sdpa
+    handles = []
+    for module, layer in layer_of.items():
+        handles.append(module.register_forward_pre_hook(lambda m, a, layer=layer: setattr(kernel, "layer", layer)))
+    old_f, old_dispatch = attention_processor.F, transformer_flux.dispatch_attention_fn
+    attention_processor.F, transformer_flux.dispatch_attention_fn = fake_f, dispatch
+    try:
+        yield
+    finally:
+        attention_processor.F, transformer_flux.dispatch_attention_fn = old_f, old_dispatch
+        for handle in handles:
+            handle.remove()
+
+
+def _layers(transformer) -> dict:
+    blocks = list(transformer.transformer_blocks) + list(getattr(transformer, "single_transformer_blocks", []))
+    layers = {block.attn: i for i, block in enumerate(blocks)}
+    # SD3.5's image-only attn2 shares the patched kernel but is never perturbed.
+    layers.update({block.attn2: None for block in blocks if getattr(block, "attn2", None) is not None})
+    return layers
+
+
+def reference_sd3(pipe, prompt, seed, softness, *, steps, guidance_scale, pag_scale, target="identity", scope="joint",
+                  negative_prompt=None, size=32):
+    """Final latents of one SD3 image, every branch run separately, perturbed attention from explicit matrices."""
+    cfg = guidance_scale > 1
+    pe, npe, ppe, nppe = pipe.encode_prompt(prompt, None, None, negative_prompt=negative_prompt,
+                                           do_classifier_free_guidance=cfg, device="cpu")
+    latents = pipe.prepare_latents(1, pipe.transformer.config.in_channels, size, size, pe.dtype, "cpu",
+                                   torch.Generator().manual_seed(seed), None)
+    timesteps, _ = sd3_timesteps(pipe.scheduler, steps, "cpu")
+    kernel = ExplicitKernel(softness, target, scope, image_first=True, n_text=pe.shape[1])
+
+    def run(embeds, pooled, t):
+        return pipe.transformer(hidden_states=latents, timestep=t.expand(1), encoder_hidden_states=embeds,
+                                pooled_projections=pooled, return_dict=False)[0]
+
+    for t in timesteps:
+        v_c = run(pe, ppe, t)
+        v = run(npe, nppe, t) + guidance_scale * (v_c - run(npe, nppe, t)) if cfg else v_c
+        if softness and pag_scale:
+            with explicit_attention(pipe.transformer, kernel, _layers(pipe.transformer)):
+                v_p = run(pe, ppe, t)
+            v = v + pag_scale * (v_c - v_p)
+        latents = pipe.scheduler.step(v, t, latents, return_dict=False)[0]
+    return latents
+
+
+def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="identity", scope="joint",
+                   negative_prompt=None, true_cfg_scale=1.0, guidance_scale=3.5, size=32, max_sequence_length=48):
+    """Final (packed) latents of one FLUX image, every branch run separately."""
+    pe, ppe, text_ids = pipe.encode_prompt(prompt, None, device="cpu", max_sequence_length=max_sequence_length)
+    cfg = true_cfg_scale > 1 and negative_prompt is not None
+    if cfg:
+        npe, nppe, _ = pipe.encode_prompt(negative_prompt, None, device="cpu", max_sequence_length=max_sequence_length)
+    latents, image_ids = pipe.prepare_latents(1, pipe.transformer.config.in_channels // 4, size, size, pe.dtype, "cpu",
+                                              torch.Generator().manual_seed(seed), None)
+    sigmas = np.linspace(1.0, 1 / steps, steps)
+    mu = calculate_shift(latents.shape[1], pipe.scheduler.config.get("base_image_seq_len", 256),
+                         pipe.scheduler.config.get("max_image_seq_len", 4096),
+                         pipe.scheduler.config.get("base_shift", 0.5), pipe.scheduler.config.get("max_shift", 1.15))
+    timesteps, _ = flux_timesteps(pipe.scheduler, steps, "cpu", sigmas=sigmas, mu=mu)
+    pipe.scheduler.set_begin_index(0)
+    guidance = torch.full([1], guidance_scale)
+    kernel = ExplicitKernel(softness, target, scope, image_first=False, n_text=pe.shape[1])
+
+    def run(embeds, pooled, t):
+        return pipe.transformer(hidden_states=latents, timestep=t.expand(1) / 1000, guidance=guidance,
+                                pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
+                                img_ids=image_ids, return_dict=False)[0]
+
+    for t in timesteps:
+        v_c = run(pe, ppe, t)
+        v = run(npe, nppe, t) + true_cfg_scale * (v_c - run(npe, nppe, t)) if cfg else v_c
+        if softness and pag_scale:
+            with explicit_attention(pipe.transformer, kernel, _layers(pipe.transformer)):
+                v_p = run(pe, ppe, t)
+            v = v + pag_scale * (v_c - v_p)
+        latents = pipe.scheduler.step(v, t, latents, return_dict=False)[0]
+    return latents
