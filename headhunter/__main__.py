@@ -1,0 +1,5 @@
+import sys
+
+from headhunter.cli import main
+
+sys.exit(main())

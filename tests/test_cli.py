@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from headhunter.cli import load_pipeline, main
+from headhunter.metadata import read_settings
+
+
+def test_generate_writes_pngs_whose_metadata_regenerates_them(tmp_path, capsys):
+    code = main(["generate", "--prompt", "a red fox", "--seed", "3,4", "--heads", "L1H2@0.5,L0", "--pag-scale", "2",
+                 "--cfg", "2.5", "--target", "query_mean", "--out", str(tmp_path)])
+    assert code == 0
+    files = sorted(tmp_path.glob("*.png"))
+    assert [f.name for f in files] == ["a-red-fox-s3-hh.png", "a-red-fox-s4-hh.png"]
+    assert str(files[0]) in capsys.readouterr().out
+    settings = read_settings(files[0])
+    expected_keys = {"model", "prompt", "seed", "num_inference_steps", "width", "height", "guidance_scale",
+                     "negative_prompt", "pag_heads", "pag_scale", "pag_softness", "pag_target", "pag_scope", "pag_interval"}
+    assert expected_keys <= set(settings)
+    assert (settings["seed"], settings["pag_heads"], settings["guidance_scale"]) == (3, "L1H2@0.5,L0", 2.5)
+    # Regenerate from the metadata alone, through the pipeline API
+    pipe = load_pipeline(settings["model"], "cpu")
+    kwargs = {k: v for k, v in settings.items() if k not in ("model", "prompt", "seed")}
+    kwargs["pag_interval"] = tuple(kwargs["pag_interval"])
+    again = pipe(settings["prompt"], generator=torch.Generator().manual_seed(settings["seed"]), **kwargs).images[0]
+    assert np.array_equal(np.asarray(again), np.asarray(Image.open(files[0]).convert("RGB")))
+
+
+def test_generate_flux_tiny(tmp_path):
+    assert main(["generate", "--model", "tiny-flux", "--prompt", "x", "--heads", "L3H1", "--out", str(tmp_path)]) == 0
+    assert read_settings(next(tmp_path.glob("*.png")))["true_cfg_scale"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--heads", "L1H99"], "L1H99: head 99 is out of range"),
+        (["--heads", "L1Q"], "bad head token"),
+        (["--target", "blur", "--heads", "L1"], "unknown pag_target"),
+        (["--softness", "3", "--heads", "L1"], r"outside \[0, 1\]"),
+        (["--model", "/nonexistent/folder"], "cannot read model"),
+        (["--size", "0"], "must be positive"),
+        (["--steps", "0"], "--steps must be positive"),
+    ],
+)
+def test_bad_input_one_line_exit_2(tmp_path, args, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "headhunter", "generate", "--prompt", "x", "--out", str(tmp_path), *args],
+        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and __import__("re").search(message, errors[0]), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_demo_writes_the_images_it_reports(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    reported = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
+    assert len(reported) == 6
+    for path in reported:
+        assert Image.open(path).size[0] >= 32
+    guided, unguided = (np.asarray(Image.open(tmp_path / f"0-{k}.png"), float) for k in ("guided", "unguided"))
+    assert np.abs(guided - unguided).mean() > 0.5
