@@ -80,11 +80,12 @@ def soft_mix(attn_out: torch.Tensor, target_out: torch.Tensor, u: torch.Tensor) 
     return (1 - u) * attn_out + u * target_out
 
 
-def target_values(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, target: str) -> torch.Tensor:
+def target_values(q: torch.Tensor | None, k: torch.Tensor | None, v: torch.Tensor, target: str) -> torch.Tensor:
     """``T·V`` for a joint-scope target, without an N×N map (``max`` scores keys in chunks of queries).
 
     Args:
-        q, k, v: [R, N, H, D] queries, keys and values as the attention uses them (after QK-norm and RoPE).
+        q, k, v: [R, N, H, D] queries, keys and values as the attention uses them (after QK-norm and RoPE);
+            identity and uniform read ``v`` only (q and k may be None).
         target: one of :data:`TARGETS`.
     Returns:
         [R, N, H, D], or [R, 1, H, D] for targets whose rows are all equal (uniform, query_mean).
@@ -112,27 +113,30 @@ def target_values(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, target: str
 
 
 def image_scope_identity_values(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch.Tensor, image: slice, text: slice
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, image: slice, text: slice
 ) -> torch.Tensor:
-    """``T·V`` for the image scope (diffusers' SD3 PAG mask): image query i attends to key i and to every text key
-    with its original logits; text queries keep their attention (``T·V = A·V`` there).
+    """``T·V`` at the image queries for the image scope (diffusers' SD3 PAG mask): image query i attends to key i
+    and to every text key with its original logits. (Text queries keep their attention, ``T·V = A·V``, so they
+    need no target.)
 
-    Memory is [R, H, chunk, N_text + 1] at a time, never N×N.
+    Args:
+        q, k, v: [R, N, H, D]; ``image`` and ``text`` are the token slices of the joint sequence.
+    Returns:
+        [R, N_image, H, D]. Memory is [R, H, chunk, N_text + 1] at a time, never N×N.
     """
-    out = attn_out.clone()
     q_img, k_img, v_img = q[:, image], k[:, image], v[:, image]
     k_txt, v_txt = k[:, text], v[:, text]
     scale = q.shape[-1] ** -0.5
     rows, n_img, heads, _ = q_img.shape
     chunk = max(1, _MAX_CHUNK_ELEMENTS // max(1, rows * heads * (k_txt.shape[1] + 1)))
+    out = torch.empty_like(v_img)
     for start in range(0, n_img, chunk):
         sl = slice(start, start + chunk)
         self_logit = (q_img[:, sl] * k_img[:, sl]).sum(-1).transpose(1, 2)[..., None] * scale  # [R, H, c, 1]
         text_logits = torch.einsum("rqhd,rkhd->rhqk", q_img[:, sl], k_txt) * scale  # [R, H, c, T]
         weights = torch.cat([self_logit, text_logits], dim=-1).softmax(dim=-1)
         own = weights[..., :1].permute(0, 2, 1, 3) * v_img[:, sl]  # [R, c, H, D]
-        others = torch.einsum("rhqk,rkhd->rqhd", weights[..., 1:], v_txt)
-        out[:, image.start + start : image.start + start + own.shape[1]] = own + others
+        out[:, sl] = own + torch.einsum("rhqk,rkhd->rqhd", weights[..., 1:], v_txt)
     return out
 
 
@@ -253,20 +257,27 @@ class _SoftPAGProcessor:
     def _perturb(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, image: slice, text: slice
     ) -> torch.Tensor:
-        """Replace the planned rows of ``out`` ([B, N, H, D]) by their SoftPAG mix."""
+        """Replace, in place, the planned rows of ``out`` ([B, N, H, D], the fresh attention output) by their SoftPAG
+        mix. Only the perturbed rows are gathered, so the extra memory is a few copies of those rows."""
         if q.shape[0] != self.plan.num_rows:
             raise RuntimeError(
                 f"layer {self.layer}: the batch has {q.shape[0]} rows but the perturbation plan has "
                 f"{self.plan.num_rows}; call the transformer with the batch the plan was built for"
             )
         rows, u = self.plan.rows_at(self.layer, q.device)
-        qr, kr, vr, outr = q[rows], k[rows], v[rows], out[rows]
+        if out.requires_grad:  # attention backends may save their output for backward: do not write into it
+            out = out.clone()
+        target_name = self.plan.target
         if self.plan.scope == "image":
-            target = image_scope_identity_values(qr, kr, vr, outr, image, text)
+            target = image_scope_identity_values(q[rows], k[rows], v[rows], image, text)
+            mixed = soft_mix(out[rows, image], target.to(out.dtype), u)
+            out[rows, image] = mixed
+            return out
+        if target_name in ("identity", "uniform"):  # these targets need the values only
+            target = target_values(None, None, v[rows], target_name)
         else:
-            target = target_values(qr, kr, vr, self.plan.target)
-        out = out.clone()
-        out[rows] = soft_mix(outr, target.to(outr.dtype), u)
+            target = target_values(q[rows], k[rows], v[rows], target_name)
+        out.index_copy_(0, rows, soft_mix(out[rows], target.to(out.dtype), u))
         return out
 
 

@@ -111,7 +111,9 @@ def _vae(latent_channels: int, shift: float | None) -> Any:
     )
 
 
-def tiny_components(model: str = "tiny-sd3", *, num_layers: int = 3, num_single_layers: int = 2, seed: int = 0) -> dict:
+def tiny_components(
+    model: str = "tiny-sd3", *, num_layers: int = 3, num_single_layers: int = 2, num_heads: int | None = None, seed: int = 0
+) -> dict:
     """The components of a tiny pipeline, each in eval mode, with weights fixed by ``seed``.
 
     Args:
@@ -119,6 +121,10 @@ def tiny_components(model: str = "tiny-sd3", *, num_layers: int = 3, num_single_
             ``attn2`` in the first block), ``tiny-flux`` (FLUX.1-dev style, guidance embedding on).
         num_layers: joint blocks (SD3) or double-stream blocks (FLUX).
         num_single_layers: FLUX single-stream blocks.
+        num_heads: attention heads per layer (default 4 for SD3, 2 for FLUX). With ``num_layers=24, num_heads=24``
+            (SD3) or ``num_layers=19, num_single_layers=38, num_heads=24`` (FLUX) the head layout is the real models',
+            so real head specs such as ``L13H17`` or ``L38H18`` validate.
+        seed: fixes every random weight.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
 
@@ -136,7 +142,7 @@ def tiny_components(model: str = "tiny-sd3", *, num_layers: int = 3, num_single_
                 num_layers=num_layers,
                 num_single_layers=num_single_layers,
                 attention_head_dim=16,
-                num_attention_heads=2,
+                num_attention_heads=num_heads or 2,
                 joint_attention_dim=_JOINT_DIM,
                 pooled_projection_dim=_JOINT_DIM,
                 guidance_embeds=True,
@@ -162,9 +168,9 @@ def tiny_components(model: str = "tiny-sd3", *, num_layers: int = 3, num_single_
                 out_channels=16,
                 num_layers=num_layers,
                 attention_head_dim=8,
-                num_attention_heads=4,
+                num_attention_heads=num_heads or 4,
                 joint_attention_dim=_JOINT_DIM,
-                caption_projection_dim=_JOINT_DIM,
+                caption_projection_dim=8 * (num_heads or 4),  # must equal the inner dim
                 pooled_projection_dim=2 * _JOINT_DIM,
                 pos_embed_max_size=96,
                 qk_norm=qk_norm,

@@ -330,9 +330,47 @@ def test_backend_chosen_by_user_is_kept(flux_components):
         assert str(processor._attention_backend.value) == "_native_math"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="enable_model_cpu_offload needs an accelerator")
-def test_model_cpu_offload(sd3_components):
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux"])
+def test_model_cpu_offload_hooks_compose_with_forking(model):
+    # device="cpu" makes diffusers install its accelerate offload hooks without an accelerator, so the hooked
+    # transformer forward runs with headhunter's block hooks inside it.
+    kw = SD3_KW if model == "tiny-sd3" else FLUX_KW
+    cls = HeadHunterSD3Pipeline if model == "tiny-sd3" else HeadHunterFluxPipeline
+    plain = build_pipeline(cls, tiny_components(model))
+    expected = plain("a cat", generator=gen(), pag_heads="L1H1", **kw).images
+    offloaded = build_pipeline(cls, tiny_components(model))
+    offloaded.enable_model_cpu_offload(device="cpu")
+    assert getattr(offloaded.transformer, "_hf_hook", None) is not None
+    got = offloaded("a cat", generator=gen(), pag_heads="L1H1", **kw).images
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none in CI)")
+def test_model_cpu_offload_on_cuda():
     hh = build_pipeline(HeadHunterSD3Pipeline, tiny_components("tiny-sd3"))
+    expected = hh("a cat", generator=gen(), pag_heads="L1H1", **SD3_KW).images
     hh.enable_model_cpu_offload()
     out = hh("a cat", generator=gen(), pag_heads="L1H1", **SD3_KW).images
-    assert torch.isfinite(out).all()
+    assert (out.cpu() - expected).abs().max() <= 1e-4
+
+
+def test_lora_scale_reaches_perturbed_layers():
+    """joint_attention_kwargs={"scale": s} on a LoRA'd transformer equals scale 1 with every LoRA B matrix times s."""
+    peft = pytest.importorskip("peft")
+    hh = build_pipeline(HeadHunterSD3Pipeline, tiny_components("tiny-sd3"))
+    hh.transformer.add_adapter(peft.LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "add_q_proj",
+                                                                                  "add_k_proj", "add_v_proj"]))
+    torch.manual_seed(3)
+    lora_b = [p for n, p in hh.transformer.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p in lora_b:
+            p.normal_(std=0.5)
+    kw = dict(pag_heads="L0,L1H2", pag_target="query_mean", **SD3_KW)
+    at_half = hh("a cat", generator=gen(), joint_attention_kwargs={"scale": 0.5}, **kw).images
+    at_one = hh("a cat", generator=gen(), **kw).images
+    with torch.no_grad():
+        for p in lora_b:
+            p.mul_(0.5)
+    halved_weights = hh("a cat", generator=gen(), **kw).images
+    assert (at_half - halved_weights).abs().max() <= 1e-5
+    assert (at_half - at_one).abs().max() > 1e-3

@@ -1,0 +1,28 @@
+# `make test` and `make demo` are the whole set-up on a fresh clone: each creates .venv when missing and installs
+# what it needs. constraints.txt pins the CPU build of torch; on a GPU machine install your CUDA torch into .venv
+# first (or set CONSTRAINTS=) and the pin is not needed.
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints.txt
+PY := $(VENV)/bin/python
+PIP_FLAGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+
+.PHONY: test demo bench clean
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_FLAGS) -e ".[dev]"
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/headhunter demo --out demo-output
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/guidance.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache
