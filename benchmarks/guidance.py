@@ -120,7 +120,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--text-tokens", type=int, default=154)
     parser.add_argument("--perturb-layer", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory-repeats", type=int, default=3, help="fresh processes per method for peak memory")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default=None, help="diffusers attention backend, e.g. flash or _native_flash")
@@ -148,20 +149,23 @@ def main() -> None:
             print(f"round {r + 1}/{args.repeats} {m:>20}: {t:.2f}s", flush=True)
     del pipes
 
-    memory = {}
-    for m in METHODS:
-        cmd = [sys.executable, __file__, "--memory-child", m] + [
-            a for k, v in vars(args).items() if k not in ("memory_child", "out") and v is not None
-            for a in (f"--{k.replace('_', '-')}", str(v))
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        memory[m] = json.loads(out)["peak_bytes"]
+    samples = {m: [] for m in METHODS}
+    for r in range(args.memory_repeats):
+        for m in METHODS if r % 2 == 0 else METHODS[::-1]:
+            cmd = [sys.executable, __file__, "--memory-child", m] + [
+                a for k, v in vars(args).items() if k not in ("memory_child", "out") and v is not None
+                for a in (f"--{k.replace('_', '-')}", str(v))
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            samples[m].append(json.loads(out)["peak_bytes"])
+    memory = {m: statistics.median(v) for m, v in samples.items()}
 
     median = {m: statistics.median(v) for m, v in times.items()}
     result = {
         "benchmark": "guidance", "date": date.today().isoformat(), "device": _device_name(args.device),
         "torch": torch.__version__, "settings": {k: v for k, v in vars(args).items() if k not in ("memory_child",)},
         "median_seconds": median, "all_seconds": times, "peak_memory_bytes": memory,
+        "all_peak_memory_bytes": samples,
         "ratios": {
             "headhunter/diffusers_pag": median["headhunter"] / median["diffusers_pag"],
             "headhunter_unshared/diffusers_pag": median["headhunter_unshared"] / median["diffusers_pag"],
@@ -192,7 +196,7 @@ def markdown(r: dict) -> str:
     lines = [
         f"SD3-medium widths, {s['layers']} layers, {s['size']}x{s['size']}, {s['dtype']}, {s['steps']} steps, "
         f"{s['text_tokens']} text tokens, CFG 5, perturbing layer {s['perturb_layer']}; {r['device']}; torch {r['torch']}; "
-        f"{r['date']}; medians of {s['repeats']} alternating rounds",
+        f"{r['date']}; medians of {s['repeats']} alternating rounds (memory: median of {s['memory_repeats']} fresh processes)",
         "",
         "| method | median s | vs diffusers PAG | peak memory MiB (CPU: process RSS) |",
         "|---|---|---|---|",

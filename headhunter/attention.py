@@ -213,6 +213,8 @@ def build_plan(
     per_sample = torch.zeros(batch, layout.num_layers, layout.num_heads)
     for index, heads in enumerate(softness):
         for (layer, head), u in heads.items():
+            if not (0 <= layer < layout.num_layers and 0 <= head < layout.num_heads and 0.0 <= u <= 1.0):
+                raise ValueError(f"image {index}: L{layer}H{head}@{u} is outside the model ({layout.describe()}) or u outside [0, 1]")
             per_sample[index, layer, head] = u
     samples = [i for i in range(batch) if per_sample[i].amax() > 0]
     if not samples:
@@ -242,7 +244,6 @@ class _SoftPAGProcessor:
     def __init__(self, layer: int, plan: PerturbationPlan, original: Any):
         self.layer = layer
         self.plan = plan
-        self.original = original
         # Keep the backend the user chose for this module (set_attention_backend writes it on processors).
         self._attention_backend = getattr(original, "_attention_backend", None)
         self._parallel_config = getattr(original, "_parallel_config", None)
@@ -281,6 +282,13 @@ class _SoftPAGProcessor:
         return out
 
 
+def _project(attn: Any, x: torch.Tensor, fused: str, names: tuple[str, str, str]) -> tuple[torch.Tensor, ...]:
+    """q, k, v projections of ``x``: the fused linear ``fused`` after ``attn.fuse_projections()``, else ``names``."""
+    if getattr(attn, "fused_projections", False) and hasattr(attn, fused):
+        return tuple(getattr(attn, fused)(x).chunk(3, dim=-1))
+    return tuple(getattr(attn, name)(x) for name in names)
+
+
 class SoftPAGJointProcessor(_SoftPAGProcessor):
     """SoftPAG for SD3 / SD3.5 joint attention (``JointAttnProcessor2_0`` semantics: [image; text] tokens, optional
     QK RMS-norm, fused QKV, ``context_pre_only`` in the last block)."""
@@ -298,10 +306,7 @@ class SoftPAGJointProcessor(_SoftPAGProcessor):
             raise ValueError("attention masks are not supported on perturbed SD3 layers")
         batch, n_image = hidden_states.shape[0], hidden_states.shape[1]
         heads = attn.heads
-        if getattr(attn, "fused_projections", False):
-            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query, key, value = _project(attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"))
         head_dim = key.shape[-1] // heads
         query, key, value = (x.view(batch, -1, heads, head_dim) for x in (query, key, value))
         if attn.norm_q is not None:
@@ -310,12 +315,9 @@ class SoftPAGJointProcessor(_SoftPAGProcessor):
             key = attn.norm_k(key)
 
         if encoder_hidden_states is not None:
-            if getattr(attn, "fused_projections", False):
-                c_query, c_key, c_value = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
-            else:
-                c_query = attn.add_q_proj(encoder_hidden_states)
-                c_key = attn.add_k_proj(encoder_hidden_states)
-                c_value = attn.add_v_proj(encoder_hidden_states)
+            c_query, c_key, c_value = _project(
+                attn, encoder_hidden_states, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")
+            )
             c_query, c_key, c_value = (x.view(batch, -1, heads, head_dim) for x in (c_query, c_key, c_value))
             if attn.norm_added_q is not None:
                 c_query = attn.norm_added_q(c_query)
@@ -357,23 +359,16 @@ class SoftPAGFluxProcessor(_SoftPAGProcessor):
 
         if attention_mask is not None:
             raise ValueError("attention masks are not supported on perturbed FLUX layers")
-        fused = getattr(attn, "fused_projections", False)
-        if fused:
-            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query, key, value = _project(attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"))
         query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (query, key, value))
         query = attn.norm_q(query)
         key = attn.norm_k(key)
 
         has_context = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
         if has_context:
-            if fused and hasattr(attn, "to_added_qkv"):
-                c_query, c_key, c_value = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
-            else:
-                c_query = attn.add_q_proj(encoder_hidden_states)
-                c_key = attn.add_k_proj(encoder_hidden_states)
-                c_value = attn.add_v_proj(encoder_hidden_states)
+            c_query, c_key, c_value = _project(
+                attn, encoder_hidden_states, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")
+            )
             c_query, c_key, c_value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (c_query, c_key, c_value))
             c_query = attn.norm_added_q(c_query)
             c_key = attn.norm_added_k(c_key)

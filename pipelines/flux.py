@@ -12,12 +12,11 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_tim
 from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 
-from headhunter.arguments import PAGArguments
-from headhunter.attention import build_plan, perturbed_heads
+from headhunter.attention import perturbed_heads
 from headhunter.guidance import guided_prediction, scatter_perturbed
-from headhunter.heads import HeadLayout
 
 from ._docs import PAG_ARGS_DOC
+from ._mixin import HeadHunterMixin
 
 EXAMPLE_DOC = """
     Examples:
@@ -39,7 +38,7 @@ EXAMPLE_DOC = """
 """
 
 
-class HeadHunterFluxPipeline(FluxPipeline):
+class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
     r"""
     [`FluxPipeline`] with perturbation guidance on individual attention heads (SoftPAG, HeadHunter).
 
@@ -48,18 +47,9 @@ class HeadHunterFluxPipeline(FluxPipeline):
     `guidance_scale` keeps its meaning (the distilled guidance embedding, fed to every branch); real CFG is
     `true_cfg_scale > 1` with a negative prompt.
 
-    Attributes:
-        share_prefix (`bool`, defaults to `True`):
-            Run the blocks before the first perturbed layer once for the conditional and the perturbed branch, and
-            fork the branch there. `False` runs the branch through every block (same result, more work).
+    `share_prefix` (default True) makes the perturbed branch fork from the conditional one at the first perturbed
+    layer; False runs it through every block (same result, more work).
     """
-
-    share_prefix: bool = True
-
-    @property
-    def head_layout(self) -> HeadLayout:
-        """Layers and heads of this pipeline's transformer."""
-        return HeadLayout.from_transformer(self.transformer)
 
     @torch.no_grad()
     def __call__(
@@ -133,8 +123,9 @@ class HeadHunterFluxPipeline(FluxPipeline):
             batch_size = prompt_embeds.shape[0]
 
         # 2b. HeadHunter: validate the pag_* arguments before anything runs
-        pag = PAGArguments.from_call(
-            self.head_layout,
+        pag = self.check_pag_inputs(
+            batch_size,
+            num_images_per_prompt,
             pag_heads=pag_heads,
             pag_scale=pag_scale,
             pag_softness=pag_softness,
@@ -143,8 +134,6 @@ class HeadHunterFluxPipeline(FluxPipeline):
             pag_interval=pag_interval,
             pag_adaptive_scale=pag_adaptive_scale,
             pag_applied_layers=pag_applied_layers,
-            num_prompts=batch_size,
-            num_images_per_prompt=num_images_per_prompt,
         )
         uses_ip_adapter = any(
             x is not None
@@ -200,17 +189,7 @@ class HeadHunterFluxPipeline(FluxPipeline):
             )
 
         # 3. HeadHunter: the perturbation plan over the batch [negative (true CFG only); conditional]
-        plan = None
-        if pag.active:
-            plan = build_plan(
-                self.head_layout,
-                pag.softness,
-                do_classifier_free_guidance=do_true_cfg,
-                target=pag.pag_target,
-                scope=pag.pag_scope,
-                share_prefix=self.share_prefix,
-                text_len=prompt_embeds.shape[1],
-            )
+        plan = self.prepare_perturbation_plan(pag, do_true_cfg, text_len=prompt_embeds.shape[1])
 
         # 4. Prepare latent variables
         num_channels_latents = self.transformer.config.in_channels // 4

@@ -12,12 +12,11 @@ from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
 
-from headhunter.arguments import PAGArguments
-from headhunter.attention import build_plan, perturbed_heads
+from headhunter.attention import perturbed_heads
 from headhunter.guidance import guided_prediction, scatter_perturbed
-from headhunter.heads import HeadLayout
 
 from ._docs import PAG_ARGS_DOC
+from ._mixin import HeadHunterMixin
 
 EXAMPLE_DOC = """
     Examples:
@@ -40,7 +39,7 @@ EXAMPLE_DOC = """
 """
 
 
-class HeadHunterSD3Pipeline(StableDiffusion3Pipeline):
+class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
     r"""
     [`StableDiffusion3Pipeline`] with perturbation guidance on individual attention heads (SoftPAG, HeadHunter).
 
@@ -48,19 +47,9 @@ class HeadHunterSD3Pipeline(StableDiffusion3Pipeline):
     parent's `__call__`, plus the `pag_*` arguments. Heads are numbered `L{layer}H{head}` over
     `transformer.transformer_blocks`; SD3.5's image-only `attn2` is not addressed. See `head_layout`.
 
-    Attributes:
-        share_prefix (`bool`, defaults to `True`):
-            Run the blocks before the first perturbed layer once for the conditional and the perturbed branch, and
-            fork the branch there. `False` runs the branch through every block (same result, more work); kept for
-            benchmarks and checks.
+    `share_prefix` (default True) makes the perturbed branch fork from the conditional one at the first perturbed
+    layer; False runs it through every block (same result, more work).
     """
-
-    share_prefix: bool = True
-
-    @property
-    def head_layout(self) -> HeadLayout:
-        """Layers and heads of this pipeline's transformer."""
-        return HeadLayout.from_transformer(self.transformer)
 
     @torch.no_grad()
     def __call__(
@@ -145,8 +134,9 @@ class HeadHunterSD3Pipeline(StableDiffusion3Pipeline):
             batch_size = prompt_embeds.shape[0]
 
         # 2b. HeadHunter: validate the pag_* arguments before anything runs
-        pag = PAGArguments.from_call(
-            self.head_layout,
+        pag = self.check_pag_inputs(
+            batch_size,
+            num_images_per_prompt,
             pag_heads=pag_heads,
             pag_scale=pag_scale,
             pag_softness=pag_softness,
@@ -155,8 +145,6 @@ class HeadHunterSD3Pipeline(StableDiffusion3Pipeline):
             pag_interval=pag_interval,
             pag_adaptive_scale=pag_adaptive_scale,
             pag_applied_layers=pag_applied_layers,
-            num_prompts=batch_size,
-            num_images_per_prompt=num_images_per_prompt,
         )
         if pag.active and (ip_adapter_image is not None or ip_adapter_image_embeds is not None):
             raise ValueError("pag_heads cannot be combined with an IP-Adapter: it replaces the perturbed layers' processors")
@@ -198,17 +186,7 @@ class HeadHunterSD3Pipeline(StableDiffusion3Pipeline):
             pooled_prompt_embeds = torch.cat([negative_pooled_prompt_embeds, pooled_prompt_embeds], dim=0)
 
         # 3. HeadHunter: the perturbation plan (None when no image perturbs any head)
-        plan = None
-        if pag.active:
-            plan = build_plan(
-                self.head_layout,
-                pag.softness,
-                do_classifier_free_guidance=self.do_classifier_free_guidance,
-                target=pag.pag_target,
-                scope=pag.pag_scope,
-                share_prefix=self.share_prefix,
-                text_len=prompt_embeds.shape[1],
-            )
+        plan = self.prepare_perturbation_plan(pag, self.do_classifier_free_guidance, text_len=prompt_embeds.shape[1])
 
         # 4. Prepare latent variables
         num_channels_latents = self.transformer.config.in_channels

@@ -287,15 +287,19 @@ def test_from_pipe_and_from_pretrained(sd3, tmp_path):
     assert (loaded("a cat", generator=gen(), pag_heads="L1H1", **SD3_KW).images - expected).abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize("model,heads", [("tiny-sd3", "L0H1,L1"), ("tiny-sd3.5", "L0H1,L1H0,L2H3")])
+@pytest.mark.parametrize(
+    "model,heads", [("tiny-sd3", "L0H1,L1"), ("tiny-sd3.5", "L0H1,L1H0,L2H3"), ("tiny-flux", "L0H1,L2,L3H0")]
+)
 def test_fused_qkv_projections_match_unfused(model, heads):
     # Every layer of the SD3.5 case is perturbed: diffusers' own FusedJointAttnProcessor2_0 skips QK-norm, so an
     # unperturbed fused SD3.5 layer would differ from the unfused model whatever headhunter does.
-    hh = build_pipeline(HeadHunterSD3Pipeline, tiny_components(model))
-    expected = hh("a cat", generator=gen(), pag_heads=heads, pag_target="query_mean", **SD3_KW).images
+    cls, kw = (HeadHunterFluxPipeline, FLUX_KW) if model == "tiny-flux" else (HeadHunterSD3Pipeline, SD3_KW)
+    hh = build_pipeline(cls, tiny_components(model))
+    expected = hh("a cat", generator=gen(), pag_heads=heads, pag_target="query_mean", **kw).images
     hh.transformer.fuse_qkv_projections()
+    assert getattr(hh.transformer.transformer_blocks[0].attn, "fused_projections", False)
     try:
-        got = hh("a cat", generator=gen(), pag_heads=heads, pag_target="query_mean", **SD3_KW).images
+        got = hh("a cat", generator=gen(), pag_heads=heads, pag_target="query_mean", **kw).images
     finally:
         hh.transformer.unfuse_qkv_projections()
     assert (got - expected).abs().max() <= 1e-5

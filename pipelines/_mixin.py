@@ -1,0 +1,49 @@
+"""What the HeadHunter pipelines add to their diffusers parents, in one place (in the spirit of diffusers' PAGMixin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from headhunter.arguments import PAGArguments
+from headhunter.attention import PerturbationPlan, build_plan
+from headhunter.heads import HeadLayout
+
+
+class HeadHunterMixin:
+    """Head layout, ``pag_*`` validation and the per-call perturbation plan.
+
+    Attributes:
+        share_prefix (`bool`, defaults to `True`):
+            Run the blocks before the first perturbed layer once for the conditional and the perturbed branch, and
+            fork the branch there. `False` runs the branch through every block (same result, more work); kept for
+            benchmarks and checks.
+    """
+
+    share_prefix: bool = True
+
+    @property
+    def head_layout(self) -> HeadLayout:
+        """Layers and heads of this pipeline's transformer."""
+        return HeadLayout.from_transformer(self.transformer)
+
+    def check_pag_inputs(self, batch_size: int, num_images_per_prompt: int, **pag_kwargs: Any) -> PAGArguments:
+        """Validate the ``pag_*`` arguments of a call before anything runs (ValueError naming the problem)."""
+        return PAGArguments.from_call(
+            self.head_layout, num_prompts=batch_size, num_images_per_prompt=num_images_per_prompt, **pag_kwargs
+        )
+
+    def prepare_perturbation_plan(
+        self, pag: PAGArguments, do_classifier_free_guidance: bool, text_len: int
+    ) -> PerturbationPlan | None:
+        """The plan for this call, or None when the perturbed branch never runs."""
+        if not pag.active:
+            return None
+        return build_plan(
+            self.head_layout,
+            pag.softness,
+            do_classifier_free_guidance=do_classifier_free_guidance,
+            target=pag.pag_target,
+            scope=pag.pag_scope,
+            share_prefix=self.share_prefix,
+            text_len=text_len,
+        )
