@@ -1,4 +1,4 @@
-"""The ``headhunter`` command line: ``generate`` and ``demo`` (more subcommands arrive with search, eval and ui).
+"""The ``headhunter`` command line: ``generate``, ``score`` and ``demo`` (search, eval and ui arrive with their issues).
 
 Errors a user can cause print one line and exit with status 2.
 """
@@ -257,6 +257,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"option {text!r} must be KEY=VALUE, e.g. local_files_only=true")
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return key.strip(), lowered == "true"
+    try:
+        return key.strip(), float(value) if "." in value else int(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score image files with an objective spec; prompts come from --prompt or the images' headhunter metadata."""
+    import importlib
+
+    from PIL import Image
+
+    from headhunter.metadata import read_settings
+    from headhunter.scorers import ScorerUnavailable, load_scorer
+
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise UsageError(f"cannot import {module!r} for --import: {err}") from None
+    paths = [Path(p) for p in args.images]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UsageError(f"no such image file(s): {', '.join(missing)}")
+    prompts = []
+    for path in paths:
+        if args.prompt is not None:
+            prompts.append(args.prompt)
+            continue
+        try:
+            prompts.append(read_settings(path)["prompt"])
+        except (ValueError, KeyError):
+            raise UsageError(f"{path} carries no prompt in its metadata; pass --prompt") from None
+    try:
+        scorer = load_scorer(args.objective, device=args.device or _default_device(), **dict(args.option))
+    except ScorerUnavailable as err:
+        raise UsageError(str(err)) from None
+    results = []
+    for path, prompt in zip(paths, prompts):  # one at a time: images may differ in size
+        with Image.open(path) as image:
+            results.append({"image": str(path), "prompt": prompt, "score": float(scorer([image.convert("RGB")], [prompt])[0])})
+    if args.json:
+        print(json.dumps({"objective": args.objective, "results": results}, indent=2))
+    else:
+        width = max(len(r["image"]) for r in results)
+        for r in results:
+            print(f"{r['image']:<{width}}  {r['score']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headhunter", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs)")
     _add_generation_options(gen)
     gen.set_defaults(func=cmd_generate)
+
+    score = sub.add_parser("score", help="score image files with an objective (see headhunter.scorers)")
+    score.add_argument("images", nargs="+", help="image files")
+    score.add_argument("--objective", required=True, help="spec, e.g. 'pickscore', '0.7*pickscore + 0.3*aesthetic', 'style:golden hour'")
+    score.add_argument("--prompt", default=None, help="prompt for every image (default: each PNG's headhunter metadata)")
+    score.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first, so objectives it registers with register_scorer can be named")
+    score.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
+                       help="scorer option, e.g. model_id=/path/to/weights or local_files_only=true")
+    score.add_argument("--device", default=None)
+    score.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    score.set_defaults(func=cmd_score)
 
     demo = sub.add_parser("demo", help="guided vs unguided images on the tiny offline model")
     demo.add_argument("--out", default="demo-output", help="folder for the images (default: demo-output)")

@@ -68,3 +68,37 @@ def test_demo_writes_the_images_it_reports(tmp_path, capsys):
         assert Image.open(path).size[0] >= 32
     guided, unguided = (np.asarray(Image.open(tmp_path / f"0-{k}.png"), float) for k in ("guided", "unguided"))
     assert np.abs(guided - unguided).mean() > 0.5
+
+
+def test_score_command_with_a_user_registered_objective(tmp_path, capsys, monkeypatch):
+    assert main(["generate", "--prompt", "a red fox", "--seed", "1", "--out", str(tmp_path)]) == 0
+    image = next(tmp_path.glob("*.png"))
+    (tmp_path / "my_objectives.py").write_text(
+        "from headhunter.scorers import register_scorer\n"
+        "@register_scorer('test-mean-red')\n"
+        "def mean_red(images, prompts):\n"
+        "    return images[:, 0].flatten(1).mean(1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    capsys.readouterr()
+    assert main(["score", str(image), "--objective", "test-mean-red + 0.5*brightness", "--import", "my_objectives",
+                 "--json"]) == 0
+    import json
+
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["prompt"] == "a red fox"  # read from the PNG metadata
+    from headhunter.scorers import load_scorer
+
+    expected = load_scorer("test-mean-red + 0.5*brightness")([Image.open(image).convert("RGB")], ["a red fox"])
+    assert result["score"] == pytest.approx(float(expected[0]))
+
+
+@pytest.mark.parametrize("args,message", [(["--objective", "nope"], "unknown scorer 'nope'"),
+                                          (["--objective", "0.5*"], "bad objective term"),
+                                          (["--objective", "pickscore"], "neither cached nor reachable")])
+def test_score_bad_input_exit_2(tmp_path, capsys, args, message):
+    img = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(img)
+    assert main(["score", str(img), "--prompt", "x", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and __import__("re").search(message, err[0])
