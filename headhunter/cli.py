@@ -1,4 +1,4 @@
-"""The ``headhunter`` command line: ``generate``, ``score`` and ``demo`` (search, eval and ui arrive with their issues).
+"""The ``headhunter`` command line: ``generate``, ``search``, ``score`` and ``demo`` (eval and ui arrive with their issues).
 
 Errors a user can cause print one line and exit with status 2.
 """
@@ -272,18 +272,12 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score image files with an objective spec; prompts come from --prompt or the images' headhunter metadata."""
-    import importlib
-
     from PIL import Image
 
     from headhunter.metadata import read_settings
     from headhunter.scorers import ScorerUnavailable, load_scorer
 
-    for module in args.imports:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise UsageError(f"cannot import {module!r} for --import: {err}") from None
+    _import_modules(args.imports)
     paths = [Path(p) for p in args.images]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -314,6 +308,77 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise UsageError(f"prompt file {str(path)!r} does not exist")
+        prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise UsageError("give at least one --prompt or a --prompt-file with one prompt per line")
+    if args.style:
+        from headhunter.search import style_prompts
+
+        prompts = style_prompts(args.style, prompts)
+    return prompts
+
+
+def _import_modules(modules: Sequence[str]) -> None:
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise UsageError(f"cannot import {module!r} for --import: {err}") from None
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """HeadHunter search; under `accelerate launch` / torchrun every process takes a share of the candidates."""
+    from headhunter.scorers import ScorerUnavailable, load_scorer
+    from headhunter.search import HeadHunter
+    from headhunter.testing import TINY_MODELS
+
+    _import_modules(args.imports)
+    prompts = _read_prompts(args)
+    try:
+        load_scorer(args.objective)  # check the spec before loading any model
+    except ScorerUnavailable:
+        pass  # the weights are checked again, with the options, when the search loads them
+    device = args.device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        device = str(PartialState().device)
+    family = model_family(args.model)
+    tiny = args.model.lower() in TINY_MODELS
+    width, height = args.size or ((32, 32) if tiny else (1024, 1024) if family == "sd3" else (512, 512))
+    pipe = load_pipeline(args.model, device, args.dtype, False)
+    pipe.set_progress_bar_config(disable=True)
+    extra = {"max_sequence_length": 48} if tiny and family == "flux" else {}
+    try:
+        hunter = HeadHunter(
+            pipe, args.objective, prompts, args.seeds, args.top_k, args.rounds, args.run_dir,
+            candidates=args.candidates, pag_scale=args.pag_scale, pag_softness=args.softness, pag_target=args.target,
+            pag_scope=args.scope, num_inference_steps=args.steps or (2 if tiny else 20), height=height, width=width,
+            guidance_scale=args.cfg, strategy=args.strategy, batch_size=args.batch_size,
+            halving_initial_pairs=args.halving_initial_pairs, halving_keep=args.halving_keep,
+            save_images=args.save_images, model_name=args.model, scorer_options=dict(args.option),
+            extra_call_kwargs=extra,
+        )
+        result = hunter.run()
+    except ScorerUnavailable as err:
+        raise UsageError(str(err)) from None
+    if hunter.rank == 0:
+        print(f"selected heads: {result.selected}")
+        print(f"images generated: {result.images_generated}, transformer block evaluations: {result.block_evaluations:.0f}")
+        if result.failed:
+            print(f"the objective failed (NaN) for: {', '.join(result.failed)} (ranked last)")
+        print(f"run directory: {result.run_dir} (selected.json is a preset: --heads {result.run_dir}/selected.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headhunter", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -324,6 +389,37 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs)")
     _add_generation_options(gen)
     gen.set_defaults(func=cmd_generate)
+
+    search = sub.add_parser("search", help="HeadHunter search for the heads that serve an objective")
+    search.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or tiny-sd3 / tiny-flux")
+    search.add_argument("--objective", required=True, help="scorer spec, e.g. pickscore or 'style:golden hour'")
+    search.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    search.add_argument("--prompt-file", default=None, help="one prompt per line")
+    search.add_argument("--style", default=None, help="prefix every prompt as 'STYLE, prompt' (the paper's style search)")
+    search.add_argument("--seeds", type=_parse_seeds, default=[0], help="seeds joined by commas; every prompt × every seed")
+    search.add_argument("--top-k", type=int, default=3, help="heads added per round (k)")
+    search.add_argument("--rounds", type=int, default=1, help="rounds (R)")
+    search.add_argument("--candidates", default=None, help="heads to search, e.g. L0-11 (default: all)")
+    search.add_argument("--strategy", default="greedy", help="greedy (Algorithm 1) or halving")
+    search.add_argument("--halving-initial-pairs", type=int, default=2)
+    search.add_argument("--halving-keep", type=float, default=0.5)
+    search.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
+    search.add_argument("--pag-scale", type=float, default=3.0)
+    search.add_argument("--softness", type=float, default=1.0)
+    search.add_argument("--target", default="identity")
+    search.add_argument("--scope", default="joint")
+    search.add_argument("--steps", type=int, default=None, help="default 20 (2 for tiny models)")
+    search.add_argument("--size", type=_parse_size, default=None)
+    search.add_argument("--cfg", type=float, default=None, help="SD3 guidance_scale (default 0: CFG off, as the paper)")
+    search.add_argument("--run-dir", required=True, help="run directory; the same one with the same settings resumes")
+    search.add_argument("--save-images", action="store_true")
+    search.add_argument("--device", default=None)
+    search.add_argument("--dtype", default="auto")
+    search.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="scorer option, e.g. local_files_only=true")
+    search.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (objectives registered with register_scorer)")
+    search.set_defaults(func=cmd_search)
 
     score = sub.add_parser("score", help="score image files with an objective (see headhunter.scorers)")
     score.add_argument("images", nargs="+", help="image files")

@@ -1,0 +1,7 @@
+"""HeadHunter: find the attention heads that serve an objective (Algorithm 1 of the paper), batched, resumable and
+sharded over processes. See :class:`HeadHunter`."""
+
+from .config import SearchConfig, prompt_seed_pairs, style_prompts
+from .engine import HeadHunter, SearchResult
+
+__all__ = ["HeadHunter", "SearchConfig", "SearchResult", "prompt_seed_pairs", "style_prompts"]

@@ -1,0 +1,105 @@
+"""The run directory: the unit of work of a search.
+
+    config.json            the SearchConfig (a different config in the same directory is refused)
+    scores*.jsonl          every evaluated score, append-only, one JSON object per line (one file per process)
+    rankings/round-N.csv   per-round rankings
+    heatmaps/round-N.png   per-round mean scores, layers × heads
+    selected.json          the selected heads in selection order, as a head preset
+    summary.json           the result and the work it took
+    images/                generated images, when asked for
+
+A process killed at any moment loses at most the batch it was computing: scores are appended and flushed per batch,
+and a torn last line is dropped on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable
+
+from .config import SearchConfig
+
+__all__ = ["RunStore", "ScoreKey"]
+
+ScoreKey = tuple  # (round, layer, head, pair)
+
+
+class RunStore:
+    def __init__(self, run_dir: str | os.PathLike, config: SearchConfig, rank: int = 0, world: int = 1):
+        self.dir = Path(run_dir)
+        self.config = config
+        self.rank = rank
+        self.log_path = self.dir / ("scores.jsonl" if world == 1 else f"scores.rank{rank}-of-{world}.jsonl")
+
+    # config -------------------------------------------------------------------------------------------------------
+    def write_config(self) -> None:
+        """Create the directory and its config.json (rank 0, before the others check it)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "config.json"
+        if not path.exists():
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.config.to_json(), indent=2) + "\n")
+            tmp.replace(path)
+
+    def check_config(self) -> None:
+        path = self.dir / "config.json"
+        existing = SearchConfig.from_json(json.loads(path.read_text()))
+        if existing != self.config:
+            changed = ", ".join(existing.differences(self.config)) or "settings"
+            raise ValueError(
+                f"run directory {self.dir} holds a different search (changed: {changed}); "
+                "use a new --run-dir, or the same settings to resume"
+            )
+
+    # scores -------------------------------------------------------------------------------------------------------
+    def repair(self) -> None:
+        """Drop a torn last line left by a killed process, so appends stay line-aligned."""
+        if not self.log_path.exists():
+            return
+        data = self.log_path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return
+        keep = data[: data.rfind(b"\n") + 1]
+        with open(self.log_path, "wb") as f:
+            f.write(keep)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def append(self, records: Iterable[dict]) -> None:
+        lines = "".join(json.dumps(_clean(r)) + "\n" for r in records)
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def load(self) -> dict[ScoreKey, dict]:
+        """Every score logged by any process, keyed by (round, layer, head, pair); the first record of a key wins."""
+        records: dict[ScoreKey, dict] = {}
+        for path in sorted(self.dir.glob("scores*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line of another process's log
+                key = (record["round"], record["head"][0], record["head"][1], record["pair"])
+                records.setdefault(key, record)
+        return records
+
+    # outputs ------------------------------------------------------------------------------------------------------
+    def write_text(self, relative: str, text: str) -> Path:
+        path = self.dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        return path
+
+
+def _clean(record: dict) -> dict:
+    score = record.get("score")
+    if score is not None and not math.isfinite(score):
+        record = {**record, "score": None}  # JSON has no NaN; None reads back as "failed"
+    return record

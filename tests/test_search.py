@@ -1,0 +1,172 @@
+"""HeadHunter search: Algorithm 1 against a one-image-at-a-time reference, resumability under SIGKILL, two processes,
+config safety, NaN handling, halving."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from headhunter import HeadSet
+from headhunter.scorers import load_scorer
+from headhunter.search import HeadHunter
+from headhunter.testing import tiny_pipeline
+
+PROMPTS = ["a red fox", "an old lighthouse"]
+SEEDS = [0, 1]
+GEN = dict(num_inference_steps=2, height=32, width=32, guidance_scale=0.0)
+OBJECTIVE = "brightness"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline("tiny-sd3")
+
+
+def reference_greedy(pipe, objective, top_k, rounds, candidates):
+    """Algorithm 1 written plainly: every candidate, every pair, one image per pipeline call."""
+    score = load_scorer(objective)
+    pairs = [(p, s) for p in PROMPTS for s in SEEDS]
+    selected, per_item = [], {}
+    for r in range(rounds):
+        means = {}
+        for cand in [c for c in candidates if c not in selected]:
+            values = []
+            for j, (prompt, seed) in enumerate(pairs):
+                image = pipe(prompt, generator=torch.Generator().manual_seed(seed), pag_heads=selected + [cand],
+                             pag_scale=3.0, output_type="pt", **GEN).images
+                values.append(float(score(image, [prompt])[0]))
+                per_item[(r, cand, j)] = values[-1]
+            means[cand] = sum(values) / len(values)
+        ranked = sorted(means, key=lambda c: (-means[c], candidates.index(c)))
+        selected += ranked[:top_k]
+    return selected, per_item
+
+
+def run_search(pipe, run_dir, **kw):
+    options = dict(top_k=2, rounds=2, batch_size=5, progress=False, **GEN)
+    options.update(kw)
+    return HeadHunter(pipe, options.pop("objective", OBJECTIVE), PROMPTS, SEEDS, run_dir=run_dir, **options).run()
+
+
+def logged(run_dir):
+    out = {}
+    for path in Path(run_dir).glob("scores*.jsonl"):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            key = (rec["round"], tuple(rec["head"]), rec["pair"])
+            assert key not in out, f"score recorded twice: {key}"
+            out[key] = rec["score"]
+    return out
+
+
+def test_greedy_matches_one_image_at_a_time_reference(pipe, tmp_path):
+    candidates = [(l, h) for l in range(3) for h in range(4)]
+    expected, per_item = reference_greedy(pipe, OBJECTIVE, 2, 2, candidates)
+    result = run_search(pipe, tmp_path)
+    assert [(h.layer, h.head) for h in result.selected] == expected
+    scores = logged(tmp_path)
+    assert set(scores) == set(per_item)  # selected heads were never regenerated in later rounds
+    worst = max(abs(scores[k] - v) for k, v in per_item.items())
+    assert worst <= 1e-5, worst
+    assert result.images_generated == 12 * 4 + 10 * 4
+    # the run directory holds what DESIGN.md promises
+    for name in ("config.json", "selected.json", "summary.json", "rankings/round-0.csv", "rankings/round-1.csv",
+                 "heatmaps/round-0.png", "heatmaps/round-1.png"):
+        assert (tmp_path / name).is_file(), name
+    assert HeadSet.coerce(str(tmp_path / "selected.json")) == result.selected
+    assert list(HeadSet.coerce(str(tmp_path / "selected.json"))) == list(result.selected)
+
+
+def test_changed_config_is_refused(pipe, tmp_path):
+    run_search(pipe, tmp_path, rounds=1, candidates="L0")
+    with pytest.raises(ValueError, match="different search .*top_k"):
+        run_search(pipe, tmp_path, rounds=1, candidates="L0", top_k=3)
+    assert run_search(pipe, tmp_path, rounds=1, candidates="L0").images_generated == 16  # same config resumes
+
+
+def test_nan_for_a_candidate_is_reported_and_ranked_last(pipe, tmp_path):
+    poisoned = pipe(PROMPTS[0], generator=torch.Generator().manual_seed(SEEDS[0]), pag_heads=[(1, 2)], pag_scale=3.0,
+                    output_type="pt", **GEN).images
+    brightness = load_scorer("brightness")
+
+    def objective(images, prompts):
+        scores = brightness(images, prompts)
+        for i in range(len(images)):
+            if torch.allclose(images[i], poisoned[0], atol=1e-4):
+                scores[i] = float("nan")
+        return scores
+
+    result = run_search(pipe, tmp_path, objective=objective, rounds=1, top_k=2, candidates="L0-1")
+    assert result.failed == ["L1H2"]
+    assert result.rounds[0].rows[-1]["head"] == "L1H2" and math.isnan(result.rounds[0].rows[-1]["score"])
+    assert "L1H2" not in str(result.selected)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["failed_candidates"] == ["L1H2"]
+
+
+def test_halving_scores_survivors_on_all_pairs_and_costs_less(pipe, tmp_path):
+    greedy = run_search(pipe, tmp_path / "g", rounds=1, top_k=2)
+    halving = run_search(pipe, tmp_path / "h", rounds=1, top_k=2, strategy="halving", halving_initial_pairs=1,
+                         halving_keep=0.5)
+    rows = halving.rounds[0].rows
+    full = [r for r in rows if r["pairs"] == 4]
+    assert all(r["pairs"] >= 1 for r in rows) and len(full) >= 2
+    assert {str(h) for h in halving.selected} <= {r["head"] for r in full}
+    # 12 candidates on 1 pair, 6 on 2, 3 on 4 (each later stage reuses the earlier pairs' scores)
+    assert halving.images_generated == 12 + 6 + 3 * 2 < greedy.images_generated
+    assert halving.block_evaluations < greedy.block_evaluations
+
+
+def _cli(run_dir, *extra):
+    return [sys.executable, "-m", "headhunter", "search", "--objective", OBJECTIVE, "--prompt", PROMPTS[0],
+            "--prompt", PROMPTS[1], "--seeds", "0,1", "--top-k", "2", "--rounds", "2", "--batch-size", "2",
+            "--run-dir", str(run_dir), *extra]
+
+
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(reference), check=True, capture_output=True, env=_env(), timeout=300)
+    interrupted = tmp_path / "interrupted"
+    kills = 0
+    for threshold in (6, 30, 60):
+        proc = subprocess.Popen(_cli(interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+        log = interrupted / "scores.jsonl"
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            if log.exists() and log.read_text().count("\n") >= threshold:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.01)
+        proc.wait()
+    assert kills >= 2, "the search finished before it could be killed"
+    subprocess.run(_cli(interrupted), check=True, capture_output=True, env=_env(), timeout=300)
+    a, b = logged(reference), logged(interrupted)
+    assert set(a) == set(b) and max(abs(a[k] - b[k]) for k in a) <= 1e-5
+    sel = lambda d: json.loads((d / "selected.json").read_text())["heads"]  # noqa: E731
+    assert sel(reference) == sel(interrupted)
+
+
+def test_two_processes_give_the_same_result_as_one(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_cli(one), check=True, capture_output=True, env=_env(), timeout=300)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "headhunter", *_cli(two)[3:]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list(two.glob("scores.rank*-of-2.jsonl"))) == 2  # both processes did work
+    a, b = logged(one), logged(two)
+    assert set(a) == set(b) and max(abs(a[k] - b[k]) for k in a) <= 1e-5
+    sel = lambda d: json.loads((d / "selected.json").read_text())["heads"]  # noqa: E731
+    assert sel(one) == sel(two)
