@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,15 +60,23 @@ def test_bad_input_one_line_exit_2(tmp_path, args, message):
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_demo_writes_the_images_it_reports(tmp_path, capsys):
+def test_demo_writes_the_files_it_reports_and_the_search_raises_the_objective(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    reported = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
-    assert len(reported) == 6
+    reported = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    assert len(reported) == 8
     for path in reported:
-        assert Image.open(path).size[0] >= 32
+        assert Path(path).is_file(), path
+        if path.endswith(".png"):
+            assert Image.open(path).size[0] >= 3
     guided, unguided = (np.asarray(Image.open(tmp_path / f"0-{k}.png"), float) for k in ("guided", "unguided"))
     assert np.abs(guided - unguided).mean() > 0.5
+    line = next(line for line in out.splitlines() if line.startswith("3. mean colorfulness"))
+    before, after = (float(x) for x in __import__("re").findall(r"(\d+\.\d+)", line)[:2])
+    assert after > before and "(rose)" in line
+    from headhunter import HeadSet
+
+    assert len(HeadSet.coerce(str(tmp_path / "search" / "selected.json"))) == 2
 
 
 def test_score_command_with_a_user_registered_objective(tmp_path, capsys, monkeypatch):
