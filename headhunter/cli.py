@@ -398,6 +398,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     except ScorerUnavailable as err:
         raise UsageError(str(err)) from None
     if hunter.rank == 0:
+        for table in result.rounds:
+            print(f"round {table.round + 1}: selected {', '.join(table.selected)} "
+                  f"({table.images_generated} images, {table.block_evaluations:.0f} block evaluations)")
         print(f"selected heads: {result.selected}")
         print(f"images generated: {result.images_generated}, transformer block evaluations: {result.block_evaluations:.0f}")
         if result.failed:

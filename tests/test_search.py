@@ -76,6 +76,10 @@ def test_greedy_matches_one_image_at_a_time_reference(pipe, tmp_path):
     worst = max(abs(scores[k] - v) for k, v in per_item.items())
     assert worst <= 1e-5, worst
     assert result.images_generated == 12 * 4 + 10 * 4
+    assert [t.images_generated for t in result.rounds] == [48, 40]
+    assert sum(t.block_evaluations for t in result.rounds) == pytest.approx(result.block_evaluations)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["images_generated"] for r in summary["rounds"]] == [48, 40]
     # the run directory holds what DESIGN.md promises
     for name in ("config.json", "selected.json", "summary.json", "rankings/round-0.csv", "rankings/round-1.csv",
                  "heatmaps/round-0.png", "heatmaps/round-1.png"):
@@ -170,3 +174,13 @@ def test_two_processes_give_the_same_result_as_one(tmp_path):
     assert set(a) == set(b) and max(abs(a[k] - b[k]) for k in a) <= 1e-5
     sel = lambda d: json.loads((d / "selected.json").read_text())["heads"]  # noqa: E731
     assert sel(one) == sel(two)
+
+
+def test_block_evaluations_are_counted_per_row_and_block(pipe, tmp_path):
+    hunter = HeadHunter(pipe, OBJECTIVE, PROMPTS, SEEDS, top_k=1, rounds=1, run_dir=tmp_path, progress=False, **GEN)
+    # one image perturbing layer 2 of 3, no CFG, 2 steps: blocks 0-1 see 1 row, block 2 sees 2 rows -> 4 per step
+    hunter.evaluate([(0, (2, 0), 0)], [])
+    assert hunter._last_batch_blocks == 8
+    # two images forking at layer 0 and 2: the batch forks at layer 0, so every block sees 2 + 2 rows
+    hunter.evaluate([(0, (0, 1), 0), (0, (2, 0), 1)], [])
+    assert hunter._last_batch_blocks == 2 * 3 * 4

@@ -34,6 +34,8 @@ class RoundTable:
     round: int
     rows: list[dict]
     selected: list[str]
+    images_generated: int = 0
+    block_evaluations: float = 0.0
 
 
 @dataclass
@@ -286,6 +288,10 @@ class HeadHunter:
             if bar is not None:
                 bar.close()
         records = self.store.load()
+        for table in tables:
+            in_round = [rec for key, rec in records.items() if key[0] == table.round]
+            table.images_generated = len(in_round)
+            table.block_evaluations = sum(rec.get("blocks", 0.0) for rec in in_round)
         result = SearchResult(
             selected=HeadSet([Head(l, h) for l, h in selected]),
             rounds=tables,
@@ -365,7 +371,9 @@ class HeadHunter:
         self.store.write_text("selected.json", json.dumps(preset, indent=2) + "\n")
         summary = {
             "selected": [_head_name((h.layer, h.head)) for h in result.selected],
-            "rounds": [{"round": t.round, "selected": t.selected, "top": t.rows[: max(5, cfg.top_k)]} for t in result.rounds],
+            "rounds": [{"round": t.round, "selected": t.selected, "images_generated": t.images_generated,
+                        "block_evaluations": t.block_evaluations, "top": t.rows[: max(5, cfg.top_k)]}
+                       for t in result.rounds],
             "images_generated": result.images_generated,
             "block_evaluations": result.block_evaluations,
             "failed_candidates": result.failed,
