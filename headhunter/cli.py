@@ -1,4 +1,4 @@
-"""The ``headhunter`` command line: ``generate``, ``search``, ``score`` and ``demo`` (eval and ui arrive with their issues).
+"""The ``headhunter`` command line: ``generate``, ``search``, ``eval``, ``score`` and ``demo`` (ui arrives with its issue).
 
 Errors a user can cause print one line and exit with status 2.
 """
@@ -222,8 +222,8 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """On the tiny SD3 model: guided against unguided images, then a short HeadHunter search with a weight-free
-    objective, and the objective with the found heads against no guidance."""
+    """On the tiny SD3 model: guided against unguided images, a short HeadHunter search with a weight-free objective,
+    the objective with the found heads against no guidance, and a small evaluation with its report."""
     import numpy as np
     import torch
     from PIL import Image
@@ -278,8 +278,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     (unguided, u), (guided, g) = means.items()
     verdict = "rose" if g > u else "did not rise"
     print(f"3. mean {objective}: {unguided} {u:.2f} -> {guided} {g:.2f} ({verdict})")
+
+    # 4. a small evaluation with a report
+    from headhunter.evaluate import Evaluation, Setting
+
+    settings = [Setting("no-guidance", {}), Setting("searched-heads", {"pag_heads": str(result.selected), "pag_scale": 3.0})]
+    evaluation = Evaluation(pipe, prompts, seeds, settings, ["colorfulness", "sharpness"], out / "eval",
+                            defaults=gen, model_name="tiny-sd3", progress=False,
+                            commands=[f"headhunter demo --out {out}"]).run()
+    for row in evaluation.summary:
+        print(f"4. eval {row['setting']:<15} {row['metric']:<12} {row['mean']:.4g} [{row['ci_low']:.4g}, {row['ci_high']:.4g}]")
+    print(f"report: {evaluation.report}")
     print(f"files in {out}:")
-    for path in written + [out / "search" / "selected.json", out / "search" / "heatmaps" / "round-0.png"]:
+    for path in written + [out / "search" / "selected.json", out / "search" / "heatmaps" / "round-0.png", evaluation.report]:
         print(f"  {path}")
     return 0
 
@@ -409,6 +420,76 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def split_metrics(texts: Sequence[str]) -> list[str]:
+    """Metric specs from comma-separated lists; a comma not followed by a scorer name stays inside the spec
+    (``style:golden hour, warm glow``)."""
+    import re
+
+    from headhunter.scorers import available_scorers
+
+    names = "|".join(sorted((re.escape(n) for n in available_scorers()), key=len, reverse=True))
+    metrics: list[str] = []
+    for text in texts:
+        for piece in text.split(","):
+            starts_term = re.match(rf"^\s*(?:[0-9.]+\s*\*\s*)?(?:{names})(?![\w\-])", piece)
+            if metrics and not starts_term and metrics[-1].startswith(("style:",)):
+                metrics[-1] += "," + piece
+            elif piece.strip():
+                metrics.append(piece.strip())
+    return metrics
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Generate every setting × prompt × seed, score, summarise and report; resumable."""
+    import shlex
+
+    from headhunter.evaluate import Evaluation, load_settings_file, parse_setting, read_prompts
+    from headhunter.scorers import ScorerUnavailable
+    from headhunter.scorers.base import parse_spec
+    from headhunter.testing import TINY_MODELS
+
+    _import_modules(args.imports)
+    prompts = read_prompts(args.prompts)
+    settings = [s for text in args.setting for s in parse_setting(text)]
+    if args.settings_file:
+        settings += load_settings_file(args.settings_file)
+    if not settings:
+        raise UsageError("give at least one --setting (e.g. 'base:' for no guidance) or a --settings-file")
+    metrics = split_metrics(args.metrics)
+    if not metrics:
+        raise UsageError("give at least one metric, e.g. --metrics colorfulness,sharpness")
+    for metric in metrics:
+        parse_spec(metric)
+    device = args.device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        device = str(PartialState().device)
+    family = model_family(args.model)
+    tiny = args.model.lower() in TINY_MODELS
+    width, height = args.size or ((32, 32) if tiny else (1024, 1024) if family == "sd3" else (512, 512))
+    defaults: dict[str, Any] = {"num_inference_steps": args.steps or (2 if tiny else 28), "width": width, "height": height}
+    if family == "sd3":
+        defaults["guidance_scale"] = 1.0  # CFG off unless a setting asks for it
+    elif tiny:
+        defaults["max_sequence_length"] = 48
+    pipe = load_pipeline(args.model, device, args.dtype, False)
+    pipe.set_progress_bar_config(disable=True)
+    command = "headhunter " + shlex.join(args.argv)
+    try:
+        result = Evaluation(pipe, prompts, args.seeds, settings, metrics, args.out, defaults=defaults,
+                            model_name=args.model, batch_size=args.batch_size, scorer_options=dict(args.option),
+                            commands=[command]).run()
+    except ScorerUnavailable as err:
+        raise UsageError(str(err)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{len(result.rows)} images ({result.generated} generated now) in {result.out_dir}")
+        for row in result.summary:
+            print(f"  {row['setting']:<24} {row['metric']:<16} {row['mean']:.4g}  [{row['ci_low']:.4g}, {row['ci_high']:.4g}]")
+        print(f"report: {result.report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headhunter", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -451,6 +532,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="import MODULE first (objectives registered with register_scorer)")
     search.set_defaults(func=cmd_search)
 
+    ev = sub.add_parser("eval", help="generate and score image sets under several settings, with a report")
+    ev.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or tiny-sd3 / tiny-flux")
+    ev.add_argument("--prompts", required=True, help=".txt (one per line), .csv or .jsonl (prompt, optional seed, style)")
+    ev.add_argument("--seeds", type=_parse_seeds, default=[0])
+    ev.add_argument("--setting", action="append", default=[], metavar="'NAME: key=value, ...'",
+                    help="a named setting, e.g. 'hh3: heads=L1H10,L13H17, pag_scale=1,3,5' (sweeps expand)")
+    ev.add_argument("--settings-file", default=None, help="TOML or JSON: {name: {key: value or [sweep]}}")
+    ev.add_argument("--metrics", action="append", default=[], help="scorer specs joined by commas")
+    ev.add_argument("--out", required=True, help="run directory (resumes when it exists)")
+    ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--steps", type=int, default=None)
+    ev.add_argument("--size", type=_parse_size, default=None)
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--dtype", default="auto")
+    ev.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
+    ev.set_defaults(func=cmd_eval)
+
     score = sub.add_parser("score", help="score image files with an objective (see headhunter.scorers)")
     score.add_argument("images", nargs="+", help="image files")
     score.add_argument("--objective", required=True, help="spec, e.g. 'pickscore', '0.7*pickscore + 0.3*aesthetic', 'style:golden hour'")
@@ -472,7 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (UsageError, ValueError) as err:

@@ -28,7 +28,9 @@ def test_generate_writes_pngs_whose_metadata_regenerates_them(tmp_path, capsys):
     kwargs = {k: v for k, v in settings.items() if k not in ("model", "prompt", "seed")}
     kwargs["pag_interval"] = tuple(kwargs["pag_interval"])
     again = pipe(settings["prompt"], generator=torch.Generator().manual_seed(settings["seed"]), **kwargs).images[0]
-    assert np.array_equal(np.asarray(again), np.asarray(Image.open(files[0]).convert("RGB")))
+    # generate made both seeds in one call; a single call agrees to ~1e-6, at most one 8-bit level on a few values
+    diff = np.abs(np.asarray(again).astype(int) - np.asarray(Image.open(files[0]).convert("RGB")).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 def test_generate_flux_tiny(tmp_path):
@@ -64,7 +66,8 @@ def test_demo_writes_the_files_it_reports_and_the_search_raises_the_objective(tm
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     reported = [line.strip() for line in out.splitlines() if line.startswith("  ")]
-    assert len(reported) == 8
+    assert len(reported) == 9 and reported[-1].endswith("report.html")
+    assert f"report: {tmp_path / 'eval' / 'report.html'}" in out
     for path in reported:
         assert Path(path).is_file(), path
         if path.endswith(".png"):

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from ..distributed import process_info
 from ..heads import Head, HeadLayout, HeadSet, PRESET_FORMAT
 from .config import SearchConfig, prompt_seed_pairs
 from .heatmap import heatmap_image
@@ -51,19 +52,6 @@ class SearchResult:
     def scores(self) -> list[dict[str, float]]:
         """Per round, ``{"L13H17": mean score}``."""
         return [{row["head"]: row["score"] for row in table.rows} for table in self.rounds]
-
-
-def _distributed() -> tuple[int, int, Callable[[], None]]:
-    """(rank, world size, barrier) under accelerate / torchrun; (0, 1, no-op) otherwise."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized()):
-        from accelerate import PartialState
-
-        PartialState()  # initialises the process group (gloo on CPU, nccl on GPUs)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.get_rank(), dist.get_world_size(), dist.barrier
-    return 0, 1, lambda: None
 
 
 def _head_name(head: tuple[int, int]) -> str:
@@ -168,7 +156,7 @@ class HeadHunter:
             halving_keep=float(halving_keep),
             extra={k: repr(v) for k, v in sorted(self.extra_call_kwargs.items())},
         )
-        self.rank, self.world, self.barrier = _distributed()
+        self.rank, self.world, self.barrier = process_info()
         self.store = RunStore(run_dir, self.config, self.rank, self.world)
         self._blocks = 0.0
 

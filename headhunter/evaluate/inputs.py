@@ -1,0 +1,49 @@
+"""Prompt sets for evaluation: .txt (one prompt per line), .csv or .jsonl (a ``prompt`` column, optional ``seed`` and
+``style``; a style makes the prompt ``"style, prompt"``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PromptRow", "read_prompts"]
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt: str
+    seed: int | None = None  # None: every seed of the run
+
+
+def read_prompts(path: str | Path) -> list[PromptRow]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompt file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".csv":
+        records = list(csv.DictReader(text.splitlines()))
+    elif path.suffix == ".jsonl":
+        try:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not JSON lines ({err})") from None
+    else:
+        records = [{"prompt": line.strip()} for line in text.splitlines() if line.strip()]
+    rows = []
+    for i, record in enumerate(records):
+        if "prompt" not in record or not str(record["prompt"]).strip():
+            raise ValueError(f"{path}: row {i + 1} has no prompt (a 'prompt' column is required)")
+        prompt = str(record["prompt"]).strip()
+        if record.get("style"):
+            prompt = f"{str(record['style']).strip()}, {prompt}"
+        seed = record.get("seed")
+        try:
+            seed = None if seed in (None, "") else int(seed)
+        except ValueError:
+            raise ValueError(f"{path}: row {i + 1} has a non-integer seed {seed!r}") from None
+        rows.append(PromptRow(prompt, seed))
+    if not rows:
+        raise ValueError(f"prompt file {str(path)!r} holds no prompts")
+    return rows

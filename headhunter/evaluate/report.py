@@ -1,0 +1,106 @@
+"""A self-contained ``report.html``: a prompts × settings grid (images linked relatively), a bar chart per metric with
+95% intervals (inline SVG), the summary table and the commands that regenerate the run."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Sequence
+
+__all__ = ["render_report"]
+
+
+def _bar_chart(metric: str, rows: Sequence[dict], width: int = 520) -> str:
+    finite = [r for r in rows if math.isfinite(r["mean"])]
+    if not finite:
+        return f"<p>{html.escape(metric)}: no finite values</p>"
+    low = min(0.0, min(r["ci_low"] for r in finite))
+    high = max(r["ci_high"] for r in finite)
+    span = (high - low) or 1.0
+    bar_h, gap, label_w = 22, 8, 190
+    height = len(rows) * (bar_h + gap) + 30
+    scale = (width - label_w - 70) / span
+    parts = [f'<svg class="chart" width="{width}" height="{height}" role="img" aria-label="{html.escape(metric)}">',
+             f'<text x="0" y="14" font-weight="bold">{html.escape(metric)} (mean, 95% bootstrap interval)</text>']
+    for i, r in enumerate(rows):
+        y = 24 + i * (bar_h + gap)
+        parts.append(f'<text x="0" y="{y + 15}">{html.escape(r["setting"])}</text>')
+        if not math.isfinite(r["mean"]):
+            continue
+        x0 = label_w + (0 - low) * scale
+        x1 = label_w + (r["mean"] - low) * scale
+        parts.append(f'<rect x="{min(x0, x1):.1f}" y="{y}" width="{abs(x1 - x0):.1f}" height="{bar_h}" fill="#5b8def"/>')
+        lo, hi = label_w + (r["ci_low"] - low) * scale, label_w + (r["ci_high"] - low) * scale
+        mid = y + bar_h / 2
+        parts.append(f'<line x1="{lo:.1f}" y1="{mid}" x2="{hi:.1f}" y2="{mid}" stroke="black"/>'
+                     f'<line x1="{lo:.1f}" y1="{y + 4}" x2="{lo:.1f}" y2="{y + bar_h - 4}" stroke="black"/>'
+                     f'<line x1="{hi:.1f}" y1="{y + 4}" x2="{hi:.1f}" y2="{y + bar_h - 4}" stroke="black"/>')
+        parts.append(f'<text x="{max(x1, hi) + 6:.1f}" y="{y + 15}">{r["mean"]:.4g}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_report(
+    title: str,
+    settings: Sequence,
+    items: Sequence[dict],
+    summary: Sequence[dict],
+    metrics: Sequence[str],
+    commands: Sequence[str],
+) -> str:
+    """``items``: one dict per image (setting, prompt, seed, image path relative to the report, metric values)."""
+    keys = []
+    for item in items:
+        key = (item["prompt"], item["seed"])
+        if key not in keys:
+            keys.append(key)
+    by_key = {(i["setting"], i["prompt"], i["seed"]): i for i in items}
+    head = "".join(f"<th>{html.escape(s.name)}<br><small>{html.escape(s.describe())}</small></th>" for s in settings)
+    body = []
+    for prompt, seed in keys:
+        cells = []
+        for s in settings:
+            item = by_key.get((s.name, prompt, seed))
+            if item is None:
+                cells.append("<td>—</td>")
+                continue
+            scores = "<br>".join(f"{html.escape(m)}: {item[m]:.4g}" for m in metrics)
+            cells.append(f'<td><img src="{html.escape(item["image"])}" alt="{html.escape(s.name)}"><br><small>{scores}</small></td>')
+        body.append(f"<tr><th>{html.escape(prompt)}<br><small>seed {seed}</small></th>{''.join(cells)}</tr>")
+    charts = "".join(_bar_chart(m, [r for r in summary if r["metric"] == m]) for m in metrics)
+    table = "".join(
+        f"<tr><td>{html.escape(r['setting'])}</td><td>{html.escape(r['metric'])}</td><td>{r['n']}</td>"
+        f"<td>{r['mean']:.5g}</td><td>[{r['ci_low']:.5g}, {r['ci_high']:.5g}]</td></tr>" for r in summary)
+    command_text = html.escape("\n".join(commands))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ddd; padding: 6px; vertical-align: top; }}
+.grid img {{ width: 160px; height: auto; image-rendering: pixelated; display: block; }}
+.chart {{ display: block; margin: 12px 0 24px; font-size: 13px; }}
+pre {{ background: #f5f5f5; padding: 12px; white-space: pre-wrap; }}
+</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p id="image-status">checking images…</p>
+<h2>Metrics</h2>
+{charts}
+<table><tr><th>setting</th><th>metric</th><th>n</th><th>mean</th><th>95% bootstrap interval</th></tr>{table}</table>
+<h2>Images</h2>
+<table class="grid"><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>
+<h2>Regenerate</h2>
+<pre>{command_text}</pre>
+<p>Every PNG also carries its full generation settings in its <code>headhunter</code> metadata.</p>
+<script>
+window.addEventListener("load", function () {{
+  var images = Array.from(document.images);
+  var broken = images.filter(function (img) {{ return !(img.complete && img.naturalWidth > 0); }});
+  var status = document.getElementById("image-status");
+  status.textContent = (images.length - broken.length) + " of " + images.length + " images loaded";
+  status.dataset.loaded = images.length - broken.length;
+  status.dataset.total = images.length;
+}});
+</script>
+</body></html>
+"""
