@@ -180,3 +180,24 @@ def test_bootstrap_interval():
     mean, low, high = bootstrap_ci(list(range(100)))
     assert mean == pytest.approx(49.5) and 43 < low < 49.5 < high < 56
     assert bootstrap_ci([1.0, float("nan"), 3.0])[0] == 2.0
+
+
+def test_two_processes_split_the_work_and_merge_the_outputs(tmp_path, prompt_file):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "headhunter", *eval_args(prompt_file, one)], check=True, capture_output=True,
+                   env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29533", "-m", "headhunter", *eval_args(prompt_file, two)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = sorted(two.glob("results.rank*-of-2.jsonl"))
+    assert len(logs) == 2 and all(log.read_text().strip() for log in logs)  # both processes generated images
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in ("generation_seconds",)} for r in rows]  # noqa: E731
+    a, b = drop(read_csv(one / "results.csv")), drop(read_csv(two / "results.csv"))
+    assert [(r["setting"], r["prompt"], r["seed"]) for r in a] == [(r["setting"], r["prompt"], r["seed"]) for r in b]
+    # the two runs batch different images together: a pixel may differ by one 8-bit level, nothing more
+    for ra, rb in zip(a, b):
+        for metric in ("colorfulness", "sharpness"):
+            assert float(ra[metric]) == pytest.approx(float(rb[metric]), rel=1e-3)
+    assert (two / "report.html").is_file()
