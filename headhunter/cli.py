@@ -362,6 +362,22 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def _run_target(args: argparse.Namespace) -> tuple[str | None, str, bool, int, int]:
+    """(device, model family, tiny model?, width, height) for search and eval; under accelerate / torchrun each process
+    takes its own device."""
+    from headhunter.testing import TINY_MODELS
+
+    device = args.device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        device = str(PartialState().device)
+    family = model_family(args.model)
+    tiny = args.model.lower() in TINY_MODELS
+    width, height = args.size or ((32, 32) if tiny else (1024, 1024) if family == "sd3" else (512, 512))
+    return device, family, tiny, width, height
+
+
 def _import_modules(modules: Sequence[str]) -> None:
     import importlib
 
@@ -374,24 +390,14 @@ def _import_modules(modules: Sequence[str]) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """HeadHunter search; under `accelerate launch` / torchrun every process takes a share of the candidates."""
-    from headhunter.scorers import ScorerUnavailable, load_scorer
+    from headhunter.scorers import ScorerUnavailable
+    from headhunter.scorers.base import parse_spec
     from headhunter.search import HeadHunter
-    from headhunter.testing import TINY_MODELS
 
     _import_modules(args.imports)
     prompts = _read_prompts(args)
-    try:
-        load_scorer(args.objective)  # check the spec before loading any model
-    except ScorerUnavailable:
-        pass  # the weights are checked again, with the options, when the search loads them
-    device = args.device
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        device = str(PartialState().device)
-    family = model_family(args.model)
-    tiny = args.model.lower() in TINY_MODELS
-    width, height = args.size or ((32, 32) if tiny else (1024, 1024) if family == "sd3" else (512, 512))
+    parse_spec(args.objective)  # a bad spec fails before any model loads
+    device, family, tiny, width, height = _run_target(args)
     pipe = load_pipeline(args.model, device, args.dtype, False)
     pipe.set_progress_bar_config(disable=True)
     extra = {"max_sequence_length": 48} if tiny and family == "flux" else {}
@@ -446,7 +452,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from headhunter.evaluate import Evaluation, load_settings_file, parse_setting, read_prompts
     from headhunter.scorers import ScorerUnavailable
     from headhunter.scorers.base import parse_spec
-    from headhunter.testing import TINY_MODELS
 
     _import_modules(args.imports)
     prompts = read_prompts(args.prompts)
@@ -460,14 +465,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("give at least one metric, e.g. --metrics colorfulness,sharpness")
     for metric in metrics:
         parse_spec(metric)
-    device = args.device
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        device = str(PartialState().device)
-    family = model_family(args.model)
-    tiny = args.model.lower() in TINY_MODELS
-    width, height = args.size or ((32, 32) if tiny else (1024, 1024) if family == "sd3" else (512, 512))
+    device, family, tiny, width, height = _run_target(args)
     defaults: dict[str, Any] = {"num_inference_steps": args.steps or (2 if tiny else 28), "width": width, "height": height}
     if family == "sd3":
         defaults["guidance_scale"] = 1.0  # CFG off unless a setting asks for it

@@ -112,5 +112,19 @@ def test_score_bad_input_exit_2(tmp_path, capsys, args, message):
     img = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(img)
     assert main(["score", str(img), "--prompt", "x", *args]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("headhunter")]
     assert len(err) == 1 and __import__("re").search(message, err[0])
+
+
+@pytest.mark.parametrize("args,message", [(["--objective", "nope", "--prompt", "x"], "unknown scorer 'nope'"),
+                                          (["--objective", "brightness"], "give at least one --prompt"),
+                                          (["--objective", "brightness", "--prompt", "x", "--candidates", "L7"],
+                                           "L7: layer 7 is out of range"),
+                                          (["--objective", "brightness", "--prompt", "x", "--top-k", "20"],
+                                           "exceeds the 12 candidate heads")])
+def test_search_bad_input_exit_2(tmp_path, capsys, args, message):
+    assert main(["search", "--run-dir", str(tmp_path / "run"), *args]) == 2
+    # only headhunter's own lines: transformers may log its torchvision notice to the same stream
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("headhunter")]
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run" / "scores.jsonl").exists()

@@ -136,7 +136,7 @@ def test_kill_midway_and_resume(tmp_path, prompt_file):
 def test_bad_input_exits_2_before_any_image(tmp_path, prompt_file, capsys, change, message):
     out = tmp_path / "run"
     assert main(change(eval_args(prompt_file, out), tmp_path)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("headhunter")]
     assert len(err) == 1 and message in err[0], err
     assert not list(out.glob("images/*/*.png")) if out.exists() else True
 
