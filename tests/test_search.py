@@ -184,3 +184,13 @@ def test_block_evaluations_are_counted_per_row_and_block(pipe, tmp_path):
     # two images forking at layer 0 and 2: the batch forks at layer 0, so every block sees 2 + 2 rows
     hunter.evaluate([(0, (0, 1), 0), (0, (2, 0), 1)], [])
     assert hunter._last_batch_blocks == 2 * 3 * 4
+
+
+def test_saved_images_carry_their_settings(pipe, tmp_path):
+    from headhunter.metadata import read_settings
+
+    run_search(pipe, tmp_path, rounds=1, top_k=1, candidates="L2H0-1", save_images=True)
+    images = sorted((tmp_path / "images").glob("*.png"))
+    assert len(images) == 2 * 4
+    meta = read_settings(tmp_path / "images" / "r0-L2H1-p3.png")
+    assert (meta["prompt"], meta["seed"], meta["pag_heads"], meta["pag_scale"]) == (PROMPTS[1], SEEDS[1], "L2H1", 3.0)

@@ -203,18 +203,26 @@ class HeadHunter:
             ).images
         self._last_batch_blocks = self._blocks - before
         if self.save_images:
-            self._save_images(items, images)
+            self._save_images(items, images, selected)
         scores = torch.as_tensor(self.objective(images.float().clamp(0, 1), prompts)).detach().float().cpu()
         return [float(s) for s in scores.reshape(-1)]
 
-    def _save_images(self, items: Sequence, images: torch.Tensor) -> None:
+    def _save_images(self, items: Sequence, images: torch.Tensor, selected: Sequence[tuple[int, int]]) -> None:
         from PIL import Image
 
-        folder = self.store.dir / "images"
-        folder.mkdir(parents=True, exist_ok=True)
+        from ..metadata import save_png
+
+        cfg = self.config
         arrays = (images.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         for (r, cand, j), array in zip(items, arrays):
-            Image.fromarray(array).save(folder / f"r{r}-{_head_name(cand)}-p{j}.png")
+            settings = {
+                "model": cfg.model, "prompt": cfg.pairs[j][0], "seed": cfg.pairs[j][1],
+                "num_inference_steps": cfg.num_inference_steps, "width": cfg.width, "height": cfg.height,
+                "guidance_scale": cfg.guidance_scale, "pag_heads": str(HeadSet([Head(l, h) for l, h in [*selected, cand]])),
+                "pag_scale": cfg.pag_scale, "pag_softness": cfg.pag_softness, "pag_target": cfg.pag_target,
+                "pag_scope": cfg.pag_scope, "search_round": r,
+            }
+            save_png(Image.fromarray(array), self.store.dir / "images" / f"r{r}-{_head_name(cand)}-p{j}.png", settings)
 
     def _run_items(self, items: list, selected: list, bar: Any, best: list) -> None:
         """Evaluate this process's share of ``items`` in batches, appending each batch's scores to the log."""
