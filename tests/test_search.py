@@ -194,3 +194,18 @@ def test_saved_images_carry_their_settings(pipe, tmp_path):
     assert len(images) == 2 * 4
     meta = read_settings(tmp_path / "images" / "r0-L2H1-p3.png")
     assert (meta["prompt"], meta["seed"], meta["pag_heads"], meta["pag_scale"]) == (PROMPTS[1], SEEDS[1], "L2H1", 3.0)
+
+
+def test_should_stop_cancels_and_the_run_resumes(pipe, tmp_path):
+    from headhunter.search import SearchCancelled
+
+    calls = []
+
+    def stop_after_two_batches():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(SearchCancelled, match="resume"):
+        run_search(pipe, tmp_path, rounds=1, should_stop=stop_after_two_batches)
+    assert len(logged(tmp_path)) == 2 * 5  # two batches of five were kept
+    assert run_search(pipe, tmp_path, rounds=1).images_generated == 48

@@ -2,6 +2,6 @@
 sharded over processes. See :class:`HeadHunter`."""
 
 from .config import SearchConfig, prompt_seed_pairs, style_prompts
-from .engine import HeadHunter, SearchResult
+from .engine import HeadHunter, SearchCancelled, SearchResult
 
-__all__ = ["HeadHunter", "SearchConfig", "SearchResult", "prompt_seed_pairs", "style_prompts"]
+__all__ = ["HeadHunter", "SearchCancelled", "SearchConfig", "SearchResult", "prompt_seed_pairs", "style_prompts"]

@@ -25,7 +25,11 @@ from .config import SearchConfig, prompt_seed_pairs
 from .heatmap import heatmap_image
 from .store import RunStore
 
-__all__ = ["HeadHunter", "RoundTable", "SearchResult"]
+__all__ = ["HeadHunter", "RoundTable", "SearchCancelled", "SearchResult"]
+
+
+class SearchCancelled(Exception):
+    """Raised by :meth:`HeadHunter.run` when ``should_stop()`` turned true; the run directory stays resumable."""
 
 
 @dataclass
@@ -80,6 +84,8 @@ class HeadHunter:
         model_name: recorded in the config (default: the pipeline's ``name_or_path``).
         scorer_options: passed to ``load_scorer`` for a spec objective.
         progress: show a tqdm progress bar.
+        should_stop: called before every batch; when it returns True the search stops with :class:`SearchCancelled`
+            (everything scored so far is kept, so the same call resumes).
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class HeadHunter:
         scorer_options: dict | None = None,
         progress: bool = True,
         extra_call_kwargs: dict | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ):
         from ..attention import check_target_scope
 
@@ -135,6 +142,7 @@ class HeadHunter:
         self.save_images = save_images
         self.progress = progress
         self.extra_call_kwargs = dict(extra_call_kwargs or {})
+        self.should_stop = should_stop
         self.config = SearchConfig(
             model=model_name or str(getattr(pipe, "name_or_path", "") or type(pipe.transformer).__name__),
             layout=(self.layout.num_layers, self.layout.num_heads),
@@ -228,6 +236,8 @@ class HeadHunter:
         """Evaluate this process's share of ``items`` in batches, appending each batch's scores to the log."""
         mine = items[self.rank :: self.world]
         for start in range(0, len(mine), self.batch_size):
+            if self.should_stop is not None and self.should_stop():
+                raise SearchCancelled(f"search stopped; run it again with the same settings to resume ({self.store.dir})")
             batch = mine[start : start + self.batch_size]
             scores = self.evaluate(batch, selected)
             share = self._last_batch_blocks / len(batch)
