@@ -1,4 +1,4 @@
-"""The ``headhunter`` command line: ``generate``, ``search``, ``eval``, ``score`` and ``demo`` (ui arrives with its issue).
+"""The ``headhunter`` command line: ``generate``, ``search``, ``eval``, ``score``, ``ui`` and ``demo``.
 
 Errors a user can cause print one line and exit with status 2.
 """
@@ -488,6 +488,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        from headhunter.ui import launch
+    except ImportError as err:
+        raise UsageError(f"the studio needs Gradio: pip install 'headhunter[ui]' ({err})") from None
+    if args.port is not None and not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port} is not a TCP port")
+    launch(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, offload=args.offload,
+           workspace=args.workspace)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headhunter", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -547,6 +559,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE")
     ev.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
     ev.set_defaults(func=cmd_eval)
+
+    ui = sub.add_parser("ui", help="the Gradio studio")
+    ui.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or tiny-sd3 / tiny-flux (default)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument("--device", default=None, help="cuda when available, else cpu")
+    ui.add_argument("--dtype", default="auto")
+    ui.add_argument("--offload", action="store_true", help="enable_model_cpu_offload (needs a GPU)")
+    ui.add_argument("--workspace", default="headhunter-ui-runs", help="folder for the studio's search runs")
+    ui.set_defaults(func=cmd_ui)
 
     score = sub.add_parser("score", help="score image files with an objective (see headhunter.scorers)")
     score.add_argument("images", nargs="+", help="image files")

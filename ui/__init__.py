@@ -1,1 +1,5 @@
-"""The Gradio studio (``headhunter ui``). Not built yet: see the project's issue tracker."""
+"""The Gradio studio (``headhunter ui``): generate with hand-picked heads, a head atlas per layer, short searches."""
+
+from .app import Studio, build_app, launch
+
+__all__ = ["Studio", "build_app", "launch"]

@@ -1,0 +1,184 @@
+"""The studio: driven in headless Chromium (Playwright), called concurrently through gradio_client, and fed bad input."""
+
+import json
+import os
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio", reason="the studio needs the ui extra (gradio)")
+
+from headhunter.heads import save_preset  # noqa: E402
+from headhunter.testing import tiny_pipeline  # noqa: E402
+from headhunter.ui import Studio, build_app  # noqa: E402
+from headhunter.ui.grid import CELL, MARGIN  # noqa: E402
+
+ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("workspace")
+    (workspace / "search-test").mkdir()
+    save_preset(workspace / "search-test" / "selected.json", "L1H0,L2H2", model="tiny-sd3", pag_scale=2.0)
+    studio = Studio(tiny_pipeline("tiny-sd3"), "tiny-sd3", workspace)
+    app = build_app(studio)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", studio, workspace
+    app.close()
+
+
+def test_binds_loopback_by_default():
+    import inspect
+
+    from headhunter.ui import launch
+
+    assert inspect.signature(launch).parameters["host"].default == "127.0.0.1"
+    from headhunter.cli import build_parser
+
+    assert build_parser().parse_args(["ui"]).host == "127.0.0.1"
+
+
+def test_concurrent_generate_calls_return_their_own_images(server):
+    from gradio_client import Client
+
+    url, _, _ = server
+    settings = ["a red fox", "", 3, 2, 32, 1.0, 3.0, 1.0, "identity", "joint", 0.0, 1.0]
+
+    def call(heads):
+        result = Client(url, verbose=False).predict(*settings, heads, api_name="/generate")
+        slider = result[0]
+        return [np.asarray(Image.open(p if isinstance(p, str) else p["path"])) for p in slider]
+
+    single = {h: call(h) for h in ("L0H1", "L2")}
+    results = {}
+
+    def worker(h):
+        results[h] = call(h)
+
+    threads = [threading.Thread(target=worker, args=(h,)) for h in ("L0H1", "L2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for h in ("L0H1", "L2"):
+        assert all(np.array_equal(a, b) for a, b in zip(results[h], single[h])), h
+    assert not np.array_equal(single["L0H1"][1], single["L2"][1])  # the heads really differ
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (installed by .ci/run)")
+def test_browser_pick_heads_generate_preset_atlas_and_bad_input(server):
+    sync_playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)").sync_playwright
+    url, studio, workspace = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page.goto(url)
+        page.get_by_label("Prompt", exact=True).fill("a red fox")
+        grid = page.locator("#head-grid img")
+        grid.wait_for()
+        box = grid.bounding_box()
+        natural = grid.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+
+        def click_head(layer, head):
+            x = (MARGIN + head * CELL + CELL / 2) * box["width"] / natural[0]
+            y = (MARGIN + layer * CELL + CELL / 2) * box["height"] / natural[1]
+            page.mouse.click(box["x"] + x, box["y"] + y)
+
+        heads_box = page.get_by_label("Heads", exact=True)
+
+        def wait_heads(value):
+            page.wait_for_function("v => [...document.querySelectorAll('textarea, input')].some(e => e.value === v)",
+                                   arg=value, timeout=60000)
+            assert heads_box.input_value() == value
+            page.wait_for_timeout(300)  # let the re-drawn grid image settle before the next click
+
+        click_head(0, 1)
+        wait_heads("L0H1")
+        click_head(2, 3)
+        wait_heads("L0H1,L2H3")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.locator("#compare img").nth(1).wait_for(timeout=30000)
+        page.locator("#difference img").wait_for(timeout=30000)
+        assert page.locator("#compare img").count() >= 2
+        assert "--heads L0H1,L2H3" in page.get_by_label("Command line").input_value()
+        page.screenshot(path=str(ARTIFACTS / "studio-generate.png"), full_page=True)
+
+        # a preset from the workspace
+        page.get_by_label("Preset").click()
+        page.get_by_role("option", name=str(workspace / "search-test" / "selected.json")).click()
+        page.get_by_role("button", name="Use preset").click()
+        wait_heads("L1H0,L2H2")
+
+        # the atlas of layer 1: one image per head, labelled, clicking one adds it
+        page.get_by_role("tab", name="Head atlas").click()
+        page.get_by_label("Layer").fill("1")
+        page.get_by_role("button", name="Run atlas").click()
+        page.locator("#atlas img").nth(3).wait_for(timeout=30000)
+        assert page.locator("#atlas img").count() >= 4
+        page.screenshot(path=str(ARTIFACTS / "studio-atlas.png"), full_page=True)
+        page.wait_for_function("() => !document.querySelector('#atlas .pending, #atlas .generating')", timeout=30000)
+        page.wait_for_timeout(1000)  # the atlas event finishes after its last image arrives
+        page.locator("#atlas img").nth(3).click()
+        wait_heads("L1H0,L2H2,L1H3")
+
+        # a bad head text shows a message and the app keeps serving
+        page.get_by_role("tab", name="Generate").click()
+        heads_box.fill("L9H9")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.get_by_text("L9H9: layer 9 is out of range").first.wait_for(timeout=15000)
+        page.screenshot(path=str(ARTIFACTS / "studio-error.png"), full_page=True)
+        heads_box.fill("L1H1")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_function("() => [...document.querySelectorAll('textarea, input')].some(e => (e.value || '').includes('--heads L1H1'))",
+                               timeout=60000)
+        browser.close()
+
+
+def test_search_tab_yields_heatmaps_and_becomes_a_preset(server):
+    _, studio, workspace = server
+    updates = list(studio.search("colorfulness", "vivid", "a parrot\na boat", "0", 1, 2, 2, 32, 3.0))
+    status, heatmap, selected, preset = updates[-1]
+    assert status.startswith("done") and Path(heatmap).name == "round-1.png"
+    assert len(selected.split(",")) == 2
+    assert preset["value"].endswith("selected.json") and preset["value"] in studio.preset_names()
+
+
+def test_stopping_a_search_ends_it_and_keeps_it_resumable(server):
+    _, studio, workspace = server
+    runs_before = set(workspace.glob("search-*"))
+    searching = studio.search("colorfulness", "", "a parrot\na boat\na bird", "0,1,2", 1, 3, 2, 32, 3.0)
+    next(searching)  # the first heat map: round 0 is done
+    searching.close()  # what Gradio does when the Stop button cancels the event
+    [run_dir] = set(workspace.glob("search-*")) - runs_before
+    assert studio.lock.acquire(timeout=30)  # the search finished its batch in flight and freed the pipeline
+    studio.lock.release()
+    log = run_dir / "scores.jsonl"
+    lines = len(log.read_text().splitlines())
+    import time
+
+    time.sleep(1.0)
+    assert len(log.read_text().splitlines()) == lines  # nothing ran after the stop
+    assert lines < 12 * 9 + 11 * 9 + 10 * 9  # well before the end of the search
+
+
+def test_ui_command_rejects_a_bad_port(capsys):
+    from headhunter.cli import main
+
+    assert main(["ui", "--port", "70000"]) == 2
+    assert "not a TCP port" in capsys.readouterr().err

@@ -1,0 +1,320 @@
+"""The headhunter studio: generate with hand-picked heads, browse what each head of a layer does, run a short search.
+
+Every request carries its own settings (no state is shared between users); the pipeline is used by one request at a
+time (a lock, plus Gradio's queue with one worker), because a call swaps attention processors on the shared
+transformer.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from headhunter.heads import Head, HeadSet, list_presets, load_preset
+from headhunter.search import HeadHunter, SearchCancelled
+
+from .grid import grid_image, head_at
+
+__all__ = ["Studio", "build_app", "launch"]
+
+TARGETS = ["identity", "uniform", "query_mean", "max"]
+SCOPES = ["joint", "image"]
+
+
+class Studio:
+    """The studio's behaviour, independent of the page layout (so it can be tested without a browser)."""
+
+    def __init__(self, pipe: Any, model_name: str, workspace: str | Path = "headhunter-ui-runs"):
+        self.pipe = pipe
+        self.model_name = model_name
+        self.layout = pipe.head_layout
+        self.workspace = Path(workspace)
+        self.tiny = model_name.lower().startswith("tiny-")
+        self.lock = threading.Lock()
+        self.default_steps = 2 if self.tiny else (15 if self.layout.model_type == "flux" else 28)
+        self.default_size = 32 if self.tiny else (512 if self.layout.model_type == "flux" else 1024)
+
+    # --- heads ---------------------------------------------------------------------------------------------------
+    def parse_heads(self, text: str) -> HeadSet:
+        """The heads in ``text`` (spec, preset name or selected.json), validated; gr.Error with the reason otherwise."""
+        try:
+            return HeadSet.coerce((text or "").strip()).validate(self.layout)
+        except ValueError as err:
+            raise gr.Error(f"Heads: {err}") from None
+
+    def grid(self, text: str) -> Image.Image:
+        try:
+            heads = HeadSet.coerce((text or "").strip()).validate(self.layout)
+        except ValueError:
+            heads = HeadSet()  # while the user is typing; Generate reports the error
+        return grid_image(self.layout, heads)
+
+    def toggle(self, text: str, evt: gr.SelectData) -> tuple[str, Image.Image]:
+        heads = self.parse_heads(text)
+        picked = head_at(self.layout, *evt.index[:2])
+        if picked is None:
+            return text, grid_image(self.layout, heads)
+        if picked in heads:
+            heads = HeadSet([h for h in heads if (h.layer, h.head) != picked])
+        else:
+            heads = heads | HeadSet([Head(*picked)])
+        return str(heads), grid_image(self.layout, heads)
+
+    def preset_names(self) -> list[str]:
+        """Shipped presets and the workspace's search results whose heads exist in this model."""
+        names = list(list_presets())
+        if self.workspace.is_dir():
+            names += sorted(str(p) for p in self.workspace.glob("*/selected.json"))
+        usable = []
+        for name in names:
+            try:
+                load_preset(name)["heads"].validate(self.layout)
+            except ValueError:
+                continue
+            usable.append(name)
+        return usable
+
+    def apply_preset(self, name: str) -> tuple[str, float, float, Image.Image]:
+        if not name:
+            raise gr.Error("Choose a preset")
+        try:
+            preset = load_preset(name)
+            heads = preset["heads"].validate(self.layout)
+        except ValueError as err:
+            raise gr.Error(f"Preset: {err}") from None
+        return str(heads), float(preset.get("pag_scale", 3.0)), float(preset.get("pag_softness", 1.0)), grid_image(self.layout, heads)
+
+    # --- generation ----------------------------------------------------------------------------------------------
+    def call_kwargs(self, steps: float, size: float, cfg: float, negative: str, pag_scale: float, softness: float,
+                    target: str, scope: str, start: float, end: float) -> dict:
+        steps, size = int(steps), int(size)
+        if steps < 1 or size < 16:
+            raise gr.Error("Steps must be at least 1 and size at least 16")
+        kwargs = dict(num_inference_steps=steps, height=size, width=size, pag_scale=float(pag_scale),
+                      pag_softness=float(softness), pag_target=target, pag_scope=scope,
+                      pag_interval=(float(start), float(end)), negative_prompt=negative or None)
+        if self.layout.model_type == "flux":
+            kwargs["true_cfg_scale"] = float(cfg)
+            if self.tiny:
+                kwargs["max_sequence_length"] = 48
+        else:
+            kwargs["guidance_scale"] = float(cfg)
+        return kwargs
+
+    def _run(self, prompts: list[str], seeds: list[int], plans: list, kwargs: dict) -> list[Image.Image]:
+        generators = [torch.Generator(device="cpu" if self.pipe.device.type == "cpu" else self.pipe.device).manual_seed(s)
+                      for s in seeds]
+        with self.lock:
+            try:
+                return self.pipe(prompts, generator=generators, pag_heads=plans, **kwargs).images
+            except ValueError as err:
+                raise gr.Error(str(err)) from None
+
+    def generate(self, prompt: str, negative: str, seed: float, steps: float, size: float, cfg: float,
+                 pag_scale: float, softness: float, target: str, scope: str, start: float, end: float, heads_text: str):
+        """Unguided and guided images of one prompt and seed (one batched call, a head plan per image)."""
+        if not (prompt or "").strip():
+            raise gr.Error("Prompt: write a prompt first")
+        heads = self.parse_heads(heads_text)
+        kwargs = self.call_kwargs(steps, size, cfg, negative, pag_scale, softness, target, scope, start, end)
+        unguided, guided = self._run([prompt, prompt], [int(seed)] * 2, [None, heads], kwargs)
+        diff = np.abs(np.asarray(guided, dtype=np.int16) - np.asarray(unguided, dtype=np.int16)).astype(np.float32)
+        gain = 255.0 / max(1.0, float(diff.max()))
+        diff_image = Image.fromarray(np.clip(diff * gain, 0, 255).astype(np.uint8))
+        python, cli = self.snippets(prompt, int(seed), heads, kwargs)
+        note = f"|guided − unguided|, amplified ×{gain:.1f}; mean change {diff.mean():.2f} of 255"
+        return (unguided, guided), diff_image, note, python, cli
+
+    def snippets(self, prompt: str, seed: int, heads: HeadSet, kwargs: dict) -> tuple[str, str]:
+        cls = "HeadHunterFluxPipeline" if self.layout.model_type == "flux" else "HeadHunterSD3Pipeline"
+        args = ",\n    ".join(f"{k}={v!r}" for k, v in kwargs.items() if v is not None)
+        python = (f"import torch\nfrom headhunter.pipelines import {cls}\n\n"
+                  f"pipe = {cls}.from_pretrained({self.model_name!r}).to('cuda')\n"
+                  f"image = pipe(\n    {prompt!r},\n    generator=torch.Generator('cuda').manual_seed({seed}),\n"
+                  f"    pag_heads={str(heads)!r},\n    {args},\n).images[0]\n")
+        cfg = kwargs.get("true_cfg_scale", kwargs.get("guidance_scale"))
+        parts = ["headhunter", "generate", "--model", self.model_name, "--prompt", prompt, "--seed", str(seed),
+                 "--steps", str(kwargs["num_inference_steps"]), "--size", str(kwargs["width"]), "--cfg", str(cfg),
+                 "--heads", str(heads), "--pag-scale", str(kwargs["pag_scale"]), "--softness", str(kwargs["pag_softness"]),
+                 "--target", kwargs["pag_target"], "--scope", kwargs["pag_scope"],
+                 "--interval", ",".join(str(x) for x in kwargs["pag_interval"])]
+        if kwargs.get("negative_prompt"):
+            parts += ["--negative-prompt", kwargs["negative_prompt"]]
+        return python, shlex.join(parts)
+
+    # --- atlas ---------------------------------------------------------------------------------------------------
+    def atlas(self, prompt: str, negative: str, seed: float, steps: float, size: float, cfg: float, pag_scale: float,
+              softness: float, target: str, scope: str, start: float, end: float, layer: float,
+              progress: gr.Progress = gr.Progress()):
+        """Every head of one layer perturbed alone, in batches of per-image plans."""
+        if not (prompt or "").strip():
+            raise gr.Error("Prompt: write a prompt first")
+        layer = int(layer)
+        if not 0 <= layer < self.layout.num_layers:
+            raise gr.Error(f"Layer: {layer} is out of range; this model has {self.layout.describe()}")
+        kwargs = self.call_kwargs(steps, size, cfg, negative, pag_scale, softness, target, scope, start, end)
+        heads = list(range(self.layout.num_heads))
+        gallery, batch = [], 8
+        for first in progress.tqdm(range(0, len(heads), batch), desc=f"layer {layer}"):
+            chunk = heads[first : first + batch]
+            images = self._run([prompt] * len(chunk), [int(seed)] * len(chunk), [[(layer, h)] for h in chunk], kwargs)
+            gallery += [(image, f"L{layer}H{h}") for image, h in zip(images, chunk)]
+        return gallery
+
+    def atlas_pick(self, text: str, evt: gr.SelectData) -> tuple[str, Image.Image]:
+        label = evt.value.get("caption") if isinstance(evt.value, dict) else None
+        head = HeadSet.parse(label) if label else HeadSet()
+        heads = self.parse_heads(text) | head
+        return str(heads), grid_image(self.layout, heads)
+
+    # --- search --------------------------------------------------------------------------------------------------
+    def search(self, objective: str, style: str, contents: str, seeds: str, top_k: float, rounds: float, steps: float,
+               size: float, pag_scale: float, progress: gr.Progress = gr.Progress(track_tqdm=True)):
+        """A short HeadHunter search; yields (status, latest heat map, selected heads) while it runs."""
+        prompts = [line.strip() for line in (contents or "").splitlines() if line.strip()]
+        if not prompts:
+            raise gr.Error("Content prompts: give at least one, one per line")
+        if style and style.strip():
+            prompts = [f"{style.strip()}, {p}" for p in prompts]
+        try:
+            seed_list = [int(s) for s in str(seeds).split(",") if s.strip()]
+        except ValueError:
+            raise gr.Error("Seeds: integers joined by commas, e.g. 0,1") from None
+        run_dir = self.workspace / f"search-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        stop = threading.Event()
+        state: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                with self.lock:
+                    state["result"] = HeadHunter(
+                        self.pipe, objective, prompts, seed_list or [0], int(top_k), int(rounds), run_dir,
+                        num_inference_steps=int(steps), height=int(size), width=int(size), pag_scale=float(pag_scale),
+                        batch_size=8, model_name=self.model_name, should_stop=stop.is_set,
+                        extra_call_kwargs={"max_sequence_length": 48} if self.tiny and self.layout.model_type == "flux" else None,
+                    ).run()
+            except Exception as err:  # reported in the page below
+                state["error"] = err
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        shown = None
+        try:
+            while thread.is_alive() or shown != self._latest_heatmap(run_dir):
+                latest = self._latest_heatmap(run_dir)
+                if latest is not None and latest != shown:
+                    shown = latest
+                    yield f"running… round {latest.stem.split('-')[-1]} done", str(latest), gr.skip(), gr.skip()
+                thread.join(timeout=0.2)
+        finally:
+            stop.set()  # a cancelled event (Stop button, closed page) ends the search after its current batch
+        if "error" in state:
+            err = state["error"]
+            if isinstance(err, SearchCancelled):
+                raise gr.Error(str(err))
+            raise gr.Error(f"Search failed: {err}")
+        result = state["result"]
+        heatmap = self._latest_heatmap(run_dir)
+        yield (f"done: {result.images_generated} images; preset saved to {run_dir / 'selected.json'}",
+               str(heatmap) if heatmap else None, str(result.selected),
+               gr.update(choices=self.preset_names(), value=str(run_dir / "selected.json")))
+
+    @staticmethod
+    def _latest_heatmap(run_dir: Path) -> Path | None:
+        maps = sorted((run_dir / "heatmaps").glob("round-*.png"), key=lambda p: int(p.stem.split("-")[-1]))
+        return maps[-1] if maps else None
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    layout = studio.layout
+    with gr.Blocks(title="headhunter studio") as app:
+        gr.Markdown(f"# headhunter studio\n**{studio.model_name}** — {layout.describe()}. Click the grid to pick heads "
+                    "(`L13H17` notation), generate, compare.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", value="a lighthouse at dusk")
+                negative = gr.Textbox(label="Negative prompt")
+                with gr.Row():
+                    seed = gr.Number(label="Seed", value=0, precision=0)
+                    steps = gr.Number(label="Steps", value=studio.default_steps, precision=0)
+                    size = gr.Number(label="Size", value=studio.default_size, precision=0)
+                with gr.Row():
+                    cfg = gr.Number(label="CFG" if layout.model_type == "sd3" else "True CFG", value=1.0)
+                    pag_scale = gr.Number(label="PAG scale", value=3.0)
+                    softness = gr.Slider(0, 1, value=1.0, step=0.05, label="Softness")
+                with gr.Row():
+                    target = gr.Dropdown(TARGETS, value="identity", label="Target")
+                    scope = gr.Dropdown(SCOPES, value="joint", label="Scope")
+                    start = gr.Slider(0, 1, value=0.0, step=0.05, label="Interval start")
+                    end = gr.Slider(0, 1, value=1.0, step=0.05, label="Interval end")
+                heads = gr.Textbox(label="Heads", value="", placeholder="L13H17, L1H10@0.5")
+                with gr.Row():
+                    preset = gr.Dropdown(studio.preset_names(), label="Preset", value=None)
+                    use_preset = gr.Button("Use preset")
+                grid = gr.Image(value=grid_image(layout, HeadSet()), label="Head grid (click to toggle)",
+                                interactive=False, type="pil", elem_id="head-grid", show_label=True)
+            with gr.Column(scale=1):
+                with gr.Tab("Generate"):
+                    run = gr.Button("Generate", variant="primary")
+                    compare = gr.ImageSlider(label="Unguided | guided", type="pil", elem_id="compare")
+                    diff = gr.Image(label="Absolute difference", type="pil", elem_id="difference")
+                    diff_note = gr.Markdown()
+                    python = gr.Code(label="Python", language="python")
+                    cli = gr.Textbox(label="Command line")
+                with gr.Tab("Head atlas"):
+                    layer = gr.Number(label="Layer", value=0, precision=0)
+                    atlas_run = gr.Button("Run atlas")
+                    gallery = gr.Gallery(label="Each head of the layer, perturbed alone (click to add it)",
+                                         columns=6, elem_id="atlas")
+                with gr.Tab("Search"):
+                    objective = gr.Textbox(label="Objective", value="colorfulness")
+                    style = gr.Textbox(label="Style", value="")
+                    contents = gr.Textbox(label="Content prompts", lines=3, value="a parrot\na market stall")
+                    with gr.Row():
+                        seeds = gr.Textbox(label="Seeds", value="0,1")
+                        top_k = gr.Number(label="k", value=2, precision=0)
+                        rounds = gr.Number(label="Rounds", value=1, precision=0)
+                    with gr.Row():
+                        search_run = gr.Button("Search", variant="primary")
+                        search_stop = gr.Button("Stop")
+                    status = gr.Markdown()
+                    heatmap = gr.Image(label="Latest heat map (layers × heads)", type="filepath")
+                    found = gr.Textbox(label="Selected heads")
+                    use_found = gr.Button("Use these heads")
+
+        settings = [prompt, negative, seed, steps, size, cfg, pag_scale, softness, target, scope, start, end]
+        grid.select(studio.toggle, [heads], [heads, grid], concurrency_limit=None, show_progress="hidden")
+        # typing re-draws the grid; programmatic updates (clicks, presets) send their own grid
+        heads.input(studio.grid, [heads], [grid], concurrency_limit=None, show_progress="hidden")
+        use_preset.click(studio.apply_preset, [preset], [heads, pag_scale, softness, grid], concurrency_limit=None)
+        run.click(studio.generate, [*settings, heads], [compare, diff, diff_note, python, cli], concurrency_id="pipeline")
+        atlas_run.click(studio.atlas, [*settings, layer], [gallery], concurrency_id="pipeline")
+        gallery.select(studio.atlas_pick, [heads], [heads, grid], concurrency_limit=None)
+        searching = search_run.click(studio.search, [objective, style, contents, seeds, top_k, rounds, steps, size,
+                                                     pag_scale], [status, heatmap, found, preset],
+                                     concurrency_id="pipeline")
+        search_stop.click(None, None, None, cancels=[searching])
+        use_found.click(lambda text: (text, studio.grid(text)), [found], [heads, grid], concurrency_limit=None)
+    app.queue(default_concurrency_limit=1)
+    return app
+
+
+def launch(model: str = "tiny-sd3", host: str = "127.0.0.1", port: int = 7860, device: str | None = None,
+           dtype: str = "auto", offload: bool = False, workspace: str = "headhunter-ui-runs", **kwargs: Any) -> Any:
+    """Load the model and serve the studio (127.0.0.1 unless ``host`` says otherwise)."""
+    from headhunter.cli import load_pipeline
+
+    pipe = load_pipeline(model, device, dtype, offload)
+    pipe.set_progress_bar_config(disable=True)
+    app = build_app(Studio(pipe, model, workspace))
+    return app.launch(server_name=host, server_port=port, **kwargs)
