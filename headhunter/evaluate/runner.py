@@ -138,7 +138,11 @@ class Evaluation:
         self.out.mkdir(parents=True, exist_ok=True)
         self._repair_log()
         scorers = {m: load_scorer(m, device=self.pipe.device, **self.scorer_options) for m in self.metrics}
+        # Every process must split the same work list: read the logs only when all have stopped writing, and start
+        # writing only when all have read.
+        self.barrier()
         done = self._load_rows()
+        self.barrier()
         todo = [it for it in self.items() if (it["setting"], it["prompt_index"], it["seed"]) not in done]
         mine = todo[self.rank :: self.world]
         bar = None

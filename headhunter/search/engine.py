@@ -313,7 +313,11 @@ class HeadHunter:
 
     def _scores_for(self, r: int, pool: Sequence, pair_count: int, selected: list, bar: Any, best: list):
         """Make sure every (candidate, pair < pair_count) of round r is scored; return mean scores and counts."""
+        # Every process must split the same work list: read the logs only when all have stopped writing, and start
+        # writing only when all have read.
+        self.barrier()
         done = self.store.load()
+        self.barrier()
         todo = [(r, c, j) for c in pool for j in range(pair_count) if (r, c[0], c[1], j) not in done]
         if bar is not None:
             bar.total += len(todo[self.rank :: self.world])
