@@ -182,3 +182,22 @@ def test_ui_command_rejects_a_bad_port(capsys):
 
     assert main(["ui", "--port", "70000"]) == 2
     assert "not a TCP port" in capsys.readouterr().err
+
+
+def test_python_snippet_and_command_line_regenerate_the_guided_image(server, tmp_path):
+    import shlex
+
+    from headhunter.cli import main
+
+    _, studio, _ = server
+    (unguided, guided), _, _, python, cli = studio.generate("a red fox", "", 5, 2, 32, 1.0, 2.0, 0.5, "uniform", "joint",
+                                                            0.0, 1.0, "L1H2,L0")
+    namespace = {}
+    exec(compile(python, "snippet", "exec"), namespace)
+    diff = np.abs(np.asarray(namespace["image"]).astype(int) - np.asarray(guided).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # the studio batched it with the unguided image
+    assert "--heads L1H2,L0" in cli and "--target uniform" in cli
+    assert main(shlex.split(cli)[1:] + ["--out", str(tmp_path)]) == 0
+    [png] = tmp_path.glob("*.png")
+    diff = np.abs(np.asarray(Image.open(png).convert("RGB")).astype(int) - np.asarray(guided).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01

@@ -136,11 +136,17 @@ class Studio:
         return (unguided, guided), diff_image, note, python, cli
 
     def snippets(self, prompt: str, seed: int, heads: HeadSet, kwargs: dict) -> tuple[str, str]:
+        """The settings as Python (runnable as is) and as a ``headhunter generate`` line."""
         cls = "HeadHunterFluxPipeline" if self.layout.model_type == "flux" else "HeadHunterSD3Pipeline"
+        device = self.pipe.device.type
         args = ",\n    ".join(f"{k}={v!r}" for k, v in kwargs.items() if v is not None)
-        python = (f"import torch\nfrom headhunter.pipelines import {cls}\n\n"
-                  f"pipe = {cls}.from_pretrained({self.model_name!r}).to('cuda')\n"
-                  f"image = pipe(\n    {prompt!r},\n    generator=torch.Generator('cuda').manual_seed({seed}),\n"
+        if self.tiny:
+            load = f"from headhunter.testing import tiny_pipeline\n\npipe = tiny_pipeline({self.model_name!r}).to({device!r})\n"
+        else:
+            load = (f"from headhunter.pipelines import {cls}\n\n"
+                    f"pipe = {cls}.from_pretrained({self.model_name!r}, torch_dtype={self.pipe.transformer.dtype}).to({device!r})\n")
+        python = (f"import torch\n{load}image = pipe(\n    {prompt!r},\n"
+                  f"    generator=torch.Generator({device!r}).manual_seed({seed}),\n"
                   f"    pag_heads={str(heads)!r},\n    {args},\n).images[0]\n")
         cfg = kwargs.get("true_cfg_scale", kwargs.get("guidance_scale"))
         parts = ["headhunter", "generate", "--model", self.model_name, "--prompt", prompt, "--seed", str(seed),
@@ -266,8 +272,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Column(scale=1):
                 with gr.Tab("Generate"):
                     run = gr.Button("Generate", variant="primary")
-                    compare = gr.ImageSlider(label="Unguided | guided", type="pil", elem_id="compare")
-                    diff = gr.Image(label="Absolute difference", type="pil", elem_id="difference")
+                    compare = gr.ImageSlider(label="Unguided | guided", type="pil", elem_id="compare", height=360)
+                    diff = gr.Image(label="Absolute difference", type="pil", elem_id="difference", height=240)
                     diff_note = gr.Markdown()
                     python = gr.Code(label="Python", language="python")
                     cli = gr.Textbox(label="Command line")
