@@ -131,6 +131,9 @@ class Studio:
         diff = np.abs(np.asarray(guided, dtype=np.int16) - np.asarray(unguided, dtype=np.int16)).astype(np.float32)
         gain = 255.0 / max(1.0, float(diff.max()))
         diff_image = Image.fromarray(np.clip(diff * gain, 0, 255).astype(np.uint8))
+        if diff_image.width < 256:  # small images: enlarge pixel-exactly so the difference is visible
+            factor = 256 // diff_image.width
+            diff_image = diff_image.resize((diff_image.width * factor, diff_image.height * factor), Image.NEAREST)
         python, cli = self.snippets(prompt, int(seed), heads, kwargs)
         note = f"|guided − unguided|, amplified ×{gain:.1f}; mean change {diff.mean():.2f} of 255"
         return (unguided, guided), diff_image, note, python, cli
