@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .heads import HeadLayout
 

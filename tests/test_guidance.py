@@ -32,7 +32,6 @@ def test_adaptive_scale_and_interval():
 
 def _explicit(q, k, v, t):
     n, d = q.shape[1], q.shape[-1]
-    logits = torch.einsum("bqhd,bkhd->bhqk", q, k) / d**0.5
     if t == "uniform":
         m = torch.full((n, n), 1 / n, dtype=v.dtype)
         return torch.einsum("qk,bkhd->bqhd", m, v)

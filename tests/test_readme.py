@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from headhunter.pipelines import HeadHunterFluxPipeline, HeadHunterSD3Pipeline
 from headhunter.testing import build_pipeline, tiny_components

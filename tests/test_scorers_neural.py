@@ -13,7 +13,7 @@ from scorer_fixtures import (TINY_BLIP_TEXT, TINY_BLIP_VISION, TINY_CLIP, hf_cli
                              openclip_reference_features, tiny_clip, write_bert_tokenizer, write_clip_folder)
 from transformers import CLIPConfig
 
-from headhunter.scorers import ScorerUnavailable, load_scorer
+from headhunter.scorers import load_scorer
 from headhunter.scorers.clip import AestheticHead
 from headhunter.scorers.imagereward import ImageRewardModel, imagereward_to_transformers, load_blip_tokenizer
 from headhunter.scorers.images import normalize, resize_and_pad, resize_center_crop

@@ -1,7 +1,5 @@
 """The studio: driven in headless Chromium (Playwright), called concurrently through gradio_client, and fed bad input."""
 
-import json
-import os
 import shutil
 import socket
 import threading

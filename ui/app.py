@@ -7,7 +7,6 @@ transformer.
 
 from __future__ import annotations
 
-import json
 import shlex
 import threading
 import time

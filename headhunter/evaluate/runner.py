@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
 import time
@@ -16,6 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from ..distributed import process_info
+from ..jsonlog import append_records, read_records, repair_log
 from ..metadata import save_png
 from .inputs import PromptRow
 from .report import render_report
@@ -113,21 +113,9 @@ class Evaluation:
 
     def _load_rows(self) -> dict[tuple, dict]:
         rows: dict[tuple, dict] = {}
-        for path in sorted(self.out.glob("results*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # torn last line of a killed run
-                rows.setdefault((row["setting"], row["prompt_index"], row["seed"]), row)
+        for row in read_records(sorted(self.out.glob("results*.jsonl"))):
+            rows.setdefault((row["setting"], row["prompt_index"], row["seed"]), row)
         return rows
-
-    def _repair_log(self) -> None:
-        path = self._log_path()
-        if path.exists():
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                path.write_bytes(data[: data.rfind(b"\n") + 1])
 
     # --- running -------------------------------------------------------------------------------------------------
     def run(self) -> EvaluationResult:
@@ -136,7 +124,7 @@ class Evaluation:
         from ..scorers import load_scorer
 
         self.out.mkdir(parents=True, exist_ok=True)
-        self._repair_log()
+        repair_log(self._log_path())
         scorers = {m: load_scorer(m, device=self.pipe.device, **self.scorer_options) for m in self.metrics}
         # Every process must split the same work list: read the logs only when all have stopped writing, and start
         # writing only when all have read.
@@ -171,10 +159,7 @@ class Evaluation:
                             row[metric] = float(scorer([rgb], [it["prompt"]])[0])
                         row["generation_seconds"] = seconds if it in missing else None
                         rows.append(row)
-                    with open(self._log_path(), "a", encoding="utf-8") as f:
-                        f.write("".join(json.dumps(r) + "\n" for r in rows))
-                        f.flush()
-                        os.fsync(f.fileno())
+                    append_records(self._log_path(), rows)
                     if bar is not None:
                         bar.update(len(batch))
         finally:

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from ..jsonlog import append_records, read_records, repair_log
 from .config import SearchConfig
 
 __all__ = ["RunStore", "ScoreKey"]
@@ -56,36 +57,17 @@ class RunStore:
 
     # scores -------------------------------------------------------------------------------------------------------
     def repair(self) -> None:
-        """Drop a torn last line left by a killed process, so appends stay line-aligned."""
-        if not self.log_path.exists():
-            return
-        data = self.log_path.read_bytes()
-        if not data or data.endswith(b"\n"):
-            return
-        keep = data[: data.rfind(b"\n") + 1]
-        with open(self.log_path, "wb") as f:
-            f.write(keep)
-            f.flush()
-            os.fsync(f.fileno())
+        repair_log(self.log_path)
 
     def append(self, records: Iterable[dict]) -> None:
-        lines = "".join(json.dumps(_clean(r)) + "\n" for r in records)
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        append_records(self.log_path, (_clean(r) for r in records))
 
     def load(self) -> dict[ScoreKey, dict]:
         """Every score logged by any process, keyed by (round, layer, head, pair); the first record of a key wins."""
         records: dict[ScoreKey, dict] = {}
-        for path in sorted(self.dir.glob("scores*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line of another process's log
-                key = (record["round"], record["head"][0], record["head"][1], record["pair"])
-                records.setdefault(key, record)
+        for record in read_records(sorted(self.dir.glob("scores*.jsonl"))):
+            key = (record["round"], record["head"][0], record["head"][1], record["pair"])
+            records.setdefault(key, record)
         return records
 
     # outputs ------------------------------------------------------------------------------------------------------
