@@ -1,4 +1,4 @@
-"""The ``headhunter`` command line: ``generate``, ``search``, ``eval``, ``score``, ``ui`` and ``demo``.
+"""The ``headhunter`` command line: ``generate``, ``search``, ``eval``, ``score``, ``ui``, ``bench`` and ``demo``.
 
 Errors a user can cause print one line and exit with status 2.
 """
@@ -488,6 +488,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = ("guidance", "search")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a script of the source checkout's benchmarks/ folder (they are not part of the installed package)."""
+    import subprocess
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    script = folder / f"{args.name}.py"
+    if not script.is_file():
+        raise UsageError(f"benchmarks/{args.name}.py is not here: `headhunter bench` runs from a source checkout "
+                         "(pip install -e .)")
+    return subprocess.run([sys.executable, str(script), *args.options], check=False).returncode
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     try:
         from headhunter.ui import launch
@@ -569,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--offload", action="store_true", help="enable_model_cpu_offload (needs a GPU)")
     ui.add_argument("--workspace", default="headhunter-ui-runs", help="folder for the studio's search runs")
     ui.set_defaults(func=cmd_ui)
+
+    bench = sub.add_parser("bench", help="run a benchmark script (guidance or search); options pass through")
+    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark script, e.g. --repeats 3")
+    bench.set_defaults(func=cmd_bench)
 
     score = sub.add_parser("score", help="score image files with an objective (see headhunter.scorers)")
     score.add_argument("images", nargs="+", help="image files")

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,19 @@ def test_search_bad_input_exit_2(tmp_path, capsys, args, message):
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("headhunter")]
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "run" / "scores.jsonl").exists()
+
+
+def test_bench_runs_the_benchmark_script_and_writes_its_figures(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "headhunter", "bench", "search", "--layers", "2", "--heads", "2", "--prompts", "1",
+         "--seeds", "2", "--top-k", "1", "--repeats", "1", "--size", "32", "--objective", "brightness",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(next(tmp_path.glob("search-*.json")).read_text())
+    assert result["images_per_round"]["batched (per-sample plans, shared prefix)"] == 4 * 2
+    assert (tmp_path / next(tmp_path.glob("search-*.md")).name).read_text().startswith("Random-weight")
+    with pytest.raises(SystemExit) as exit_info:  # argparse rejects an unknown benchmark name
+        main(["bench", "nope"])
+    assert exit_info.value.code == 2
