@@ -96,8 +96,6 @@ def test_score_command_with_a_user_registered_objective(tmp_path, capsys, monkey
     capsys.readouterr()
     assert main(["score", str(image), "--objective", "test-mean-red + 0.5*brightness", "--import", "my_objectives",
                  "--json"]) == 0
-    import json
-
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert result["prompt"] == "a red fox"  # read from the PNG metadata
     from headhunter.scorers import load_scorer
