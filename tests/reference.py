@@ -96,6 +96,22 @@ def _layers(transformer) -> dict:
     return layers
 
 
+def _denoise(pipe, latents, timesteps, run, cond, uncond, cfg_scale, kernel, softness, pag_scale):
+    """The guided sampling loop, one branch per forward: v = v_u + g (v_c - v_u) + w (v_c - v_p)."""
+    for t in timesteps:
+        v_c = run(latents, *cond, t)
+        v = v_c
+        if uncond is not None:
+            v_u = run(latents, *uncond, t)
+            v = v_u + cfg_scale * (v_c - v_u)
+        if softness and pag_scale:
+            with explicit_attention(pipe.transformer, kernel, _layers(pipe.transformer)):
+                v_p = run(latents, *cond, t)
+            v = v + pag_scale * (v_c - v_p)
+        latents = pipe.scheduler.step(v, t, latents, return_dict=False)[0]
+    return latents
+
+
 def reference_sd3(pipe, prompt, seed, softness, *, steps, guidance_scale, pag_scale, target="identity", scope="joint",
                   negative_prompt=None, size=32):
     """Final latents of one SD3 image, every branch run separately, perturbed attention from explicit matrices."""
@@ -107,19 +123,12 @@ def reference_sd3(pipe, prompt, seed, softness, *, steps, guidance_scale, pag_sc
     timesteps, _ = sd3_timesteps(pipe.scheduler, steps, "cpu")
     kernel = ExplicitKernel(softness, target, scope, image_first=True, n_text=pe.shape[1])
 
-    def run(embeds, pooled, t):
-        return pipe.transformer(hidden_states=latents, timestep=t.expand(1), encoder_hidden_states=embeds,
+    def run(x, embeds, pooled, t):
+        return pipe.transformer(hidden_states=x, timestep=t.expand(1), encoder_hidden_states=embeds,
                                 pooled_projections=pooled, return_dict=False)[0]
 
-    for t in timesteps:
-        v_c = run(pe, ppe, t)
-        v = run(npe, nppe, t) + guidance_scale * (v_c - run(npe, nppe, t)) if cfg else v_c
-        if softness and pag_scale:
-            with explicit_attention(pipe.transformer, kernel, _layers(pipe.transformer)):
-                v_p = run(pe, ppe, t)
-            v = v + pag_scale * (v_c - v_p)
-        latents = pipe.scheduler.step(v, t, latents, return_dict=False)[0]
-    return latents
+    uncond = (npe, nppe) if cfg else None
+    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, guidance_scale, kernel, softness, pag_scale)
 
 
 def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="identity", scope="joint",
@@ -140,17 +149,10 @@ def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="id
     guidance = torch.full([1], guidance_scale)
     kernel = ExplicitKernel(softness, target, scope, image_first=False, n_text=pe.shape[1])
 
-    def run(embeds, pooled, t):
-        return pipe.transformer(hidden_states=latents, timestep=t.expand(1) / 1000, guidance=guidance,
+    def run(x, embeds, pooled, t):
+        return pipe.transformer(hidden_states=x, timestep=t.expand(1) / 1000, guidance=guidance,
                                 pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
                                 img_ids=image_ids, return_dict=False)[0]
 
-    for t in timesteps:
-        v_c = run(pe, ppe, t)
-        v = run(npe, nppe, t) + true_cfg_scale * (v_c - run(npe, nppe, t)) if cfg else v_c
-        if softness and pag_scale:
-            with explicit_attention(pipe.transformer, kernel, _layers(pipe.transformer)):
-                v_p = run(pe, ppe, t)
-            v = v + pag_scale * (v_c - v_p)
-        latents = pipe.scheduler.step(v, t, latents, return_dict=False)[0]
-    return latents
+    uncond = (npe, nppe) if cfg else None
+    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, true_cfg_scale, kernel, softness, pag_scale)

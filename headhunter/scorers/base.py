@@ -6,7 +6,7 @@ import inspect
 import math
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -149,7 +149,6 @@ class Scorer:
     terms: list[tuple[_Term, ScorerInfo, Callable]]
     device: torch.device
     grad: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __call__(self, images: ImagesLike, prompts: Sequence[str] | str) -> torch.Tensor:
         pixels = to_tensor(images, self.device)

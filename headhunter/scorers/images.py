@@ -26,7 +26,7 @@ def to_tensor(images: ImagesLike, device: Any = None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"image tensors must be [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
         x = x if x.is_floating_point() else x.float() / 255.0
-        return x.to(device=device or x.device, dtype=torch.float32) if x.dtype != torch.float32 or device else x
+        return x.to(device=device or x.device, dtype=torch.float32)  # a no-op (same tensor) when nothing changes
     if not isinstance(images, (list, tuple)):
         images = [images]
     if not images:
