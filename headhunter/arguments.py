@@ -16,7 +16,7 @@ from .attention import check_target_scope
 from .guidance import adaptive_scale, check_interval, in_interval
 from .heads import Head, HeadLayout, HeadSet
 
-__all__ = ["PAGArguments", "heads_per_image", "layers_from_applied"]
+__all__ = ["MAX_IMAGE_SIDE", "PAGArguments", "check_image_size", "heads_per_image", "layers_from_applied"]
 
 
 def _is_per_image_list(value: Any) -> bool:
@@ -117,11 +117,41 @@ class PAGArguments:
         for name, value in (("pag_scale", pag_scale), ("pag_adaptive_scale", pag_adaptive_scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if pag_adaptive_scale < 0:
-            raise ValueError(f"pag_adaptive_scale must be >= 0, got {pag_adaptive_scale}")
+        for name, value in (("pag_scale", pag_scale), ("pag_adaptive_scale", pag_adaptive_scale)):
+            if value < 0:
+                # a negative w would guide *towards* the weak model; diffusers' PAG has no such mode either
+                raise ValueError(f"{name} must be >= 0, got {value}")
         check_target_scope(pag_target, pag_scope)
         interval = check_interval(pag_interval)
         applied = layers_from_applied(pag_applied_layers, layout)
         per_image = heads_per_image(pag_heads, num_prompts, num_images_per_prompt)
         softness = tuple((heads | applied).softness_map(layout, pag_softness) for heads in per_image)
         return cls(softness, float(pag_scale), pag_target, pag_scope, interval, float(pag_adaptive_scale))
+
+
+#: The largest side accepted anywhere: beyond it no model here was trained, and the latents alone exhaust memory.
+MAX_IMAGE_SIDE = 8192
+
+
+def check_image_size(pipe: Any, height: int | None, width: int | None) -> None:
+    """ValueError unless ``height`` × ``width`` is a size ``pipe`` can generate: positive, at most
+    :data:`MAX_IMAGE_SIDE`, a multiple of the latent patch (VAE factor × patch size) and, for SD3, within the
+    transformer's position-embedding grid. ``None`` means the pipeline's default."""
+    config = pipe.transformer.config
+    family = HeadLayout.from_transformer(pipe.transformer).model_type
+    patch = 2 if family == "flux" else int(config.patch_size)  # FLUX's pipeline packs 2×2 latent patches itself
+    multiple = int(pipe.vae_scale_factor) * patch
+    largest = MAX_IMAGE_SIDE
+    if getattr(config, "pos_embed_max_size", None):
+        largest = min(largest, int(config.pos_embed_max_size) * multiple)
+    for name, value in (("height", height), ("width", width)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive whole number of pixels, got {value!r}")
+        if value > largest:
+            raise ValueError(f"{name} {value} is larger than this model can generate ({largest} pixels at most)")
+        if value % multiple:
+            raise ValueError(f"{name} {value} must be a multiple of {multiple} for this model "
+                             f"(e.g. {max(multiple, value // multiple * multiple)})")
+

@@ -32,6 +32,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from .heads import HeadLayout
+from .locking import holding_transformer
 
 __all__ = [
     "SCOPES",
@@ -439,25 +440,26 @@ def perturbed_heads(transformer: torch.nn.Module, plan: PerturbationPlan) -> Ite
         raise ValueError("pag_scope='image' on FLUX needs the plan's text_len")
     originals: dict[int, Any] = {}
     handles: list[Any] = []
-    try:
-        for layer in plan.layers:
-            attn = layout.attention(transformer, layer)
-            originals[layer] = attn.processor
-            cls = SoftPAGJointProcessor if layout.model_type == "sd3" else SoftPAGFluxProcessor
-            attn.set_processor(cls(layer, plan, attn.processor))
-        for layer in range(plan.fork_layer, layout.num_layers):
-            block = layout.block(transformer, layer)
-            names = ("hidden_states", "encoder_hidden_states", "temb")
-            handles.append(block.register_forward_pre_hook(_row_expanding_hook(block, plan, names), with_kwargs=True))
-        norm_out = transformer.norm_out
-        handles.append(
-            norm_out.register_forward_pre_hook(
-                _row_expanding_hook(norm_out, plan, ("conditioning_embedding",)), with_kwargs=True
+    with holding_transformer(transformer):
+        try:
+            for layer in plan.layers:
+                attn = layout.attention(transformer, layer)
+                originals[layer] = attn.processor
+                cls = SoftPAGJointProcessor if layout.model_type == "sd3" else SoftPAGFluxProcessor
+                attn.set_processor(cls(layer, plan, attn.processor))
+            for layer in range(plan.fork_layer, layout.num_layers):
+                block = layout.block(transformer, layer)
+                names = ("hidden_states", "encoder_hidden_states", "temb")
+                handles.append(block.register_forward_pre_hook(_row_expanding_hook(block, plan, names), with_kwargs=True))
+            norm_out = transformer.norm_out
+            handles.append(
+                norm_out.register_forward_pre_hook(
+                    _row_expanding_hook(norm_out, plan, ("conditioning_embedding",)), with_kwargs=True
+                )
             )
-        )
-        yield layout
-    finally:
-        for handle in handles:
-            handle.remove()
-        for layer, processor in originals.items():
-            layout.attention(transformer, layer).set_processor(processor)
+            yield layout
+        finally:
+            for handle in handles:
+                handle.remove()
+            for layer, processor in originals.items():
+                layout.attention(transformer, layer).set_processor(processor)

@@ -14,6 +14,7 @@ from diffusers.utils.torch_utils import get_module_execution_device
 
 from headhunter.attention import perturbed_heads
 from headhunter.guidance import guided_prediction, scatter_perturbed
+from headhunter.locking import one_call_per_transformer
 
 from ._docs import PAG_ARGS_DOC
 from ._mixin import HeadHunterMixin
@@ -51,6 +52,7 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
     layer; False runs it through every block (same result, more work).
     """
 
+    @one_call_per_transformer
     @torch.no_grad()
     def __call__(
         self,

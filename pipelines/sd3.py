@@ -14,6 +14,7 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import c
 
 from headhunter.attention import perturbed_heads
 from headhunter.guidance import guided_prediction, scatter_perturbed
+from headhunter.locking import one_call_per_transformer
 
 from ._docs import PAG_ARGS_DOC
 from ._mixin import HeadHunterMixin
@@ -51,6 +52,7 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
     layer; False runs it through every block (same result, more work).
     """
 
+    @one_call_per_transformer
     @torch.no_grad()
     def __call__(
         self,

@@ -188,6 +188,7 @@ def test_processors_restored_after_call_and_after_error(sd3):
         ({"pag_heads": "not-a-preset"}, "neither a head spec"),
         ({"pag_applied_layers": ["blocks.1.attn"]}, "blocks.N"),
         ({"pag_heads": "L1", "pag_scale": float("nan")}, "finite"),
+        ({"pag_heads": "L1", "pag_scale": -3.0}, "pag_scale must be >= 0"),
     ],
 )
 def test_bad_input_raises_value_error_and_changes_nothing(sd3, kwargs, message):

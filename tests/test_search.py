@@ -209,3 +209,57 @@ def test_should_stop_cancels_and_the_run_resumes(pipe, tmp_path):
         run_search(pipe, tmp_path, rounds=1, should_stop=stop_after_two_batches)
     assert len(logged(tmp_path)) == 2 * 5  # two batches of five were kept
     assert run_search(pipe, tmp_path, rounds=1).images_generated == 48
+
+
+def test_halving_stages_spread_pairs_over_prompts(pipe, tmp_path):
+    from headhunter.search import spread_order
+
+    # prompts × seeds are prompt-major: (fox,0) (fox,1) (light,0) (light,1); stage pairs go round-robin over prompts
+    assert spread_order([("fox", 0), ("fox", 1), ("light", 0), ("light", 1)]) == [0, 2, 1, 3]
+    assert spread_order([("a", 0), ("a", 1), ("a", 2), ("b", 0), ("c", 0)]) == [0, 3, 4, 1, 2]
+    run_search(pipe, tmp_path, rounds=1, top_k=2, strategy="halving", halving_initial_pairs=2, halving_keep=0.5)
+    scored = {}
+    for (r, head, pair) in logged(tmp_path):
+        scored.setdefault(head, set()).add(pair)
+    stage_one = [pairs for pairs in scored.values() if len(pairs) == 2]
+    assert stage_one and all(pairs == {0, 2} for pairs in stage_one)  # both prompts, not the first prompt's seeds
+
+
+def test_config_records_dtype_device_and_versions_and_refuses_a_dtype_change(tmp_path, caplog):
+    import diffusers
+
+    import headhunter
+
+    fp32 = tiny_pipeline("tiny-sd3")
+    run_search(fp32, tmp_path, rounds=1, candidates="L0H0-1", top_k=1)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["dtype"] == "float32" and config["model"]
+    assert config["environment"] == {"device_type": "cpu", "headhunter": headhunter.__version__,
+                                     "diffusers": diffusers.__version__, "torch": torch.__version__}
+    bf16 = tiny_pipeline("tiny-sd3").to(dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="different search .*dtype"):
+        run_search(bf16, tmp_path, rounds=1, candidates="L0H0-1", top_k=1)
+    # another torch version (or device) is the same search: it resumes, with a warning
+    config["environment"]["torch"] = "0.0.1"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING", logger="headhunter"):
+        result = run_search(fp32, tmp_path, rounds=1, candidates="L0H0-1", top_k=1)
+    assert result.images_generated == 8
+    assert any("torch: 0.0.1 -> " + torch.__version__ in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_that_fails_before_its_first_score_leaves_nothing(pipe, tmp_path):
+    def broken(images, prompts):
+        raise RuntimeError("objective crashed")
+
+    with pytest.raises(RuntimeError, match="objective crashed"):
+        run_search(pipe, tmp_path / "new", objective=broken, rounds=1, candidates="L0", top_k=1)
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("the user's file\n")
+    with pytest.raises(RuntimeError):
+        run_search(pipe, existing, objective=broken, rounds=1, candidates="L0", top_k=1)
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+    # the corrected call is not refused as "a different search"
+    assert run_search(pipe, existing, rounds=1, candidates="L0", top_k=1).images_generated == 16

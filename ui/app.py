@@ -320,7 +320,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 def launch(model: str = "tiny-sd3", host: str = "127.0.0.1", port: int = 7860, device: str | None = None,
            dtype: str = "auto", offload: bool = False, workspace: str = "headhunter-ui-runs", **kwargs: Any) -> Any:
     """Load the model and serve the studio (127.0.0.1 unless ``host`` says otherwise)."""
-    from headhunter.cli import load_pipeline
+    from headhunter.pipelines import load_pipeline
 
     pipe = load_pipeline(model, device, dtype, offload)
     pipe.set_progress_bar_config(disable=True)

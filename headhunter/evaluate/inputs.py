@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..textfiles import read_text
+
 __all__ = ["PromptRow", "read_prompts"]
 
 
@@ -19,16 +21,18 @@ class PromptRow:
 
 def read_prompts(path: str | Path) -> list[PromptRow]:
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"prompt file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "prompt file")
     if path.suffix == ".csv":
         records = list(csv.DictReader(text.splitlines()))
+        if records and "prompt" not in records[0]:
+            raise ValueError(f"{path}: a .csv prompt file needs a 'prompt' column (found: {', '.join(records[0])})")
     elif path.suffix == ".jsonl":
         try:
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not JSON lines ({err})") from None
+        if not all(isinstance(r, dict) for r in records):
+            raise ValueError(f"{path}: every line of a .jsonl prompt file must be an object with a 'prompt'")
     else:
         records = [{"prompt": line.strip()} for line in text.splitlines() if line.strip()]
     rows = []

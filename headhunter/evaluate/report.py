@@ -10,7 +10,7 @@ from typing import Sequence
 __all__ = ["render_report"]
 
 
-def _bar_chart(metric: str, rows: Sequence[dict], width: int = 520) -> str:
+def _bar_chart(metric: str, rows: Sequence[dict], width: int = 520, caption: str = "mean, 95% bootstrap interval") -> str:
     finite = [r for r in rows if math.isfinite(r["mean"])]
     if not finite:
         return f"<p>{html.escape(metric)}: no finite values</p>"
@@ -21,7 +21,7 @@ def _bar_chart(metric: str, rows: Sequence[dict], width: int = 520) -> str:
     height = len(rows) * (bar_h + gap) + 30
     scale = (width - label_w - 70) / span
     parts = [f'<svg class="chart" width="{width}" height="{height}" role="img" aria-label="{html.escape(metric)}">',
-             f'<text x="0" y="14" font-weight="bold">{html.escape(metric)} (mean, 95% bootstrap interval)</text>']
+             f'<text x="0" y="14" font-weight="bold">{html.escape(metric)} ({html.escape(caption)})</text>']
     for i, r in enumerate(rows):
         y = 24 + i * (bar_h + gap)
         parts.append(f'<text x="0" y="{y + 15}">{html.escape(r["setting"])}</text>')
@@ -47,8 +47,12 @@ def render_report(
     summary: Sequence[dict],
     metrics: Sequence[str],
     commands: Sequence[str],
+    latest: Sequence[str] = (),
+    baseline: str | None = None,
 ) -> str:
-    """``items``: one dict per image (setting, prompt, seed, image path relative to the report, metric values)."""
+    """``items``: one dict per image (setting, prompt, seed, image path relative to the report, metric values).
+    ``commands`` made the images shown; ``latest`` is the invocation that wrote this report (shown when it differs,
+    e.g. when it only added a metric). With ``baseline``, ``summary`` rows carry paired differences to it."""
     keys = []
     for item in items:
         key = (item["prompt"], item["seed"])
@@ -68,10 +72,33 @@ def render_report(
             cells.append(f'<td><img src="{html.escape(item["image"])}" alt="{html.escape(s.name)}"><br><small>{scores}</small></td>')
         body.append(f"<tr><th>{html.escape(prompt)}<br><small>seed {seed}</small></th>{''.join(cells)}</tr>")
     charts = "".join(_bar_chart(m, [r for r in summary if r["metric"] == m]) for m in metrics)
+    compare_head = ""
+    if baseline is not None:
+        caption = f"difference to {baseline}, 95% bootstrap interval over prompts"
+        charts += "".join(
+            _bar_chart(m, [{"setting": r["setting"], "mean": r["diff_mean"], "ci_low": r["diff_ci_low"],
+                            "ci_high": r["diff_ci_high"]} for r in summary if r["metric"] == m and "diff_mean" in r],
+                       caption=caption)
+            for m in metrics)
+        compare_head = f"<th>− {html.escape(baseline)}</th><th>95% interval (prompts)</th><th>win rate</th>"
+
+    def compare_cells(r: dict) -> str:
+        if baseline is None:
+            return ""
+        if "diff_mean" not in r:
+            return "<td colspan=3>baseline</td>"
+        return (f"<td>{r['diff_mean']:+.5g}</td><td>[{r['diff_ci_low']:.5g}, {r['diff_ci_high']:.5g}]</td>"
+                f"<td>{r['win_rate']:.0%} of {r['pairs']}</td>")
+
     table = "".join(
         f"<tr><td>{html.escape(r['setting'])}</td><td>{html.escape(r['metric'])}</td><td>{r['n']}</td>"
-        f"<td>{r['mean']:.5g}</td><td>[{r['ci_low']:.5g}, {r['ci_high']:.5g}]</td></tr>" for r in summary)
-    command_text = html.escape("\n".join(commands))
+        f"<td>{r['mean']:.5g}</td><td>[{r['ci_low']:.5g}, {r['ci_high']:.5g}]</td>{compare_cells(r)}</tr>"
+        for r in summary)
+    lines = list(commands) or ["(made from Python)"]
+    extra = [c for c in latest if c not in commands]
+    if extra:
+        lines += ["", "# this report was last written by:", *extra]
+    command_text = html.escape("\n".join(lines))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -86,7 +113,7 @@ pre {{ background: #f5f5f5; padding: 12px; white-space: pre-wrap; }}
 <p id="image-status">checking images…</p>
 <h2>Metrics</h2>
 {charts}
-<table><tr><th>setting</th><th>metric</th><th>n</th><th>mean</th><th>95% bootstrap interval</th></tr>{table}</table>
+<table><tr><th>setting</th><th>metric</th><th>n</th><th>mean</th><th>95% bootstrap interval</th>{compare_head}</tr>{table}</table>
 <h2>Images</h2>
 <table class="grid"><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>
 <h2>Regenerate</h2>

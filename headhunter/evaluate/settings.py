@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..textfiles import read_text
+
 __all__ = ["SETTING_KEYS", "Setting", "expand_settings", "load_settings_file", "parse_setting"]
 
 # setting key -> (pipeline argument, type)
@@ -121,18 +123,27 @@ def expand_settings(name: str, values: dict[str, list[Any]]) -> list[Setting]:
 
 
 def load_settings_file(path: str | Path) -> list[Setting]:
-    """Settings from TOML or JSON: ``{name: {key: value or [values to sweep]}}``."""
+    """Settings from TOML or JSON: ``{name: {key: value or [values to sweep]}}`` (optionally under ``settings``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"settings file {str(path)!r} does not exist")
-    text = path.read_text()
+    text = read_text(path, "settings file")
     if path.suffix == ".toml":
         import tomllib
 
-        data = tomllib.loads(text)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"settings file {str(path)!r} is not valid TOML: {err}") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"settings file {str(path)!r} is not valid JSON: {err}") from None
+    shape = f"settings file {str(path)!r} must map setting names to tables of key = value, e.g. {{\"hh\": {{\"heads\": \"L1H10\"}}}}"
+    if not isinstance(data, dict):
+        raise ValueError(shape)
     data = data.get("settings", data)
+    if not isinstance(data, dict) or not data or not all(isinstance(table, dict) for table in data.values()):
+        raise ValueError(shape)
     settings = []
     for name, table in data.items():
         _check_name(name)

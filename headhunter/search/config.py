@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
-__all__ = ["SearchConfig", "prompt_seed_pairs", "style_prompts"]
+__all__ = ["SearchConfig", "prompt_seed_pairs", "spread_order", "style_prompts"]
 
 STRATEGIES = ("greedy", "halving")
 
@@ -23,6 +23,22 @@ def prompt_seed_pairs(prompts: Sequence[str], seeds: Sequence[int] | None = None
     if not pairs:
         raise ValueError("the search needs at least one prompt-seed pair")
     return pairs
+
+
+def spread_order(pairs: Sequence[tuple[str, int]]) -> list[int]:
+    """Pair indices in round-robin order over prompts: every prompt's first pair, then every prompt's second, ...
+
+    Successive halving scores its first stages on a prefix of this order, so those stages see as many different
+    prompts (and, with prompts × seeds, seeds) as they have pairs, instead of the first prompt's seeds only.
+    """
+    occurrence: dict[str, int] = {}
+    first_seen: dict[str, int] = {}
+    keyed = []
+    for index, (prompt, _) in enumerate(pairs):
+        first_seen.setdefault(prompt, len(first_seen))
+        keyed.append((occurrence.get(prompt, 0), first_seen[prompt], index))
+        occurrence[prompt] = occurrence.get(prompt, 0) + 1
+    return [index for _, _, index in sorted(keyed)]
 
 
 def style_prompts(style: str, contents: Sequence[str]) -> list[str]:
@@ -53,6 +69,10 @@ class SearchConfig:
     halving_initial_pairs: int = 2
     halving_keep: float = 0.5
     extra: dict = field(default_factory=dict)
+    dtype: str = ""
+    # Where and with what it ran (device type, library versions): recorded, compared only to warn, since a resumed
+    # run on another device or version may score a little differently but is still the same search.
+    environment: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -81,11 +101,21 @@ class SearchConfig:
         data["pairs"] = tuple((str(p), int(s)) for p, s in data["pairs"])
         data["candidates"] = tuple((int(l), int(h)) for l, h in data["candidates"])
         data["layout"] = tuple(data["layout"])
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+        data = self.to_json()
+        del data["environment"]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def differences(self, other: "SearchConfig") -> list[str]:
+        """The fields that determine the result and differ from ``other``."""
         mine, theirs = self.to_json(), other.to_json()
-        return [key for key in mine if mine[key] != theirs.get(key)]
+        return [f.name for f in fields(self) if f.compare and mine[f.name] != theirs.get(f.name)]
+
+    def environment_changes(self, other: "SearchConfig") -> list[str]:
+        """``"key: old -> new"`` for each environment entry (device type, versions) that differs in ``other``."""
+        keys = sorted(set(self.environment) | set(other.environment))
+        return [f"{k}: {self.environment.get(k)} -> {other.environment.get(k)}" for k in keys
+                if self.environment.get(k) != other.environment.get(k)]

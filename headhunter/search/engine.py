@@ -21,7 +21,7 @@ import torch
 
 from ..distributed import process_info
 from ..heads import Head, HeadLayout, HeadSet, PRESET_FORMAT
-from .config import SearchConfig, prompt_seed_pairs
+from .config import SearchConfig, prompt_seed_pairs, spread_order
 from .heatmap import heatmap_image
 from .store import RunStore
 
@@ -77,7 +77,8 @@ class HeadHunter:
         num_inference_steps, height, width, guidance_scale: generation settings (``guidance_scale`` default: 0 for SD3,
             i.e. CFG off as in the paper; FLUX's distilled default 3.5).
         strategy: ``"greedy"`` (every remaining candidate on every pair each round) or ``"halving"`` (successive halving
-            inside each round: all candidates on ``halving_initial_pairs`` pairs, keep the best ``halving_keep``
+            inside each round: all candidates on ``halving_initial_pairs`` pairs (taken round-robin over prompts, so
+            the first stages see several prompts), keep the best ``halving_keep``
             fraction (at least k), double the pairs, until the survivors have every pair).
         batch_size: images per pipeline call.
         save_images: also write every generated image to ``run_dir/images``.
@@ -117,6 +118,7 @@ class HeadHunter:
         extra_call_kwargs: dict | None = None,
         should_stop: Callable[[], bool] | None = None,
     ):
+        from ..arguments import check_image_size
         from ..attention import check_target_scope
 
         self.pipe = pipe
@@ -138,6 +140,9 @@ class HeadHunter:
             guidance_scale = 3.5 if self.layout.model_type == "flux" else 0.0
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if int(num_inference_steps) < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        check_image_size(pipe, height, width)
         self.batch_size = batch_size
         self.save_images = save_images
         self.progress = progress
@@ -163,6 +168,8 @@ class HeadHunter:
             halving_initial_pairs=int(halving_initial_pairs),
             halving_keep=float(halving_keep),
             extra={k: repr(v) for k, v in sorted(self.extra_call_kwargs.items())},
+            dtype=str(pipe.transformer.dtype).removeprefix("torch."),
+            environment=_environment(pipe),
         )
         self.rank, self.world, self.barrier = process_info()
         self.store = RunStore(run_dir, self.config, self.rank, self.world)
@@ -258,8 +265,16 @@ class HeadHunter:
         if self.rank == 0:
             self.store.write_config()
         self.barrier()
-        self.store.check_config()
-        self.store.repair()
+        try:
+            self.store.check_config()
+            self.store.repair()
+            return self._run()
+        except BaseException:
+            if self.rank == 0:
+                self.store.discard_if_empty()
+            raise
+
+    def _run(self) -> SearchResult:
         cfg = self.config
         selected: list[tuple[int, int]] = []
         tables: list[RoundTable] = []
@@ -311,14 +326,14 @@ class HeadHunter:
         self.barrier()
         return result
 
-    def _scores_for(self, r: int, pool: Sequence, pair_count: int, selected: list, bar: Any, best: list):
-        """Make sure every (candidate, pair < pair_count) of round r is scored; return mean scores and counts."""
+    def _scores_for(self, r: int, pool: Sequence, pairs: Sequence[int], selected: list, bar: Any, best: list):
+        """Make sure every (candidate, pair in ``pairs``) of round r is scored; return mean scores and counts."""
         # Every process must split the same work list: read the logs only when all have stopped writing, and start
         # writing only when all have read.
         self.barrier()
         done = self.store.load()
         self.barrier()
-        todo = [(r, c, j) for c in pool for j in range(pair_count) if (r, c[0], c[1], j) not in done]
+        todo = [(r, c, j) for c in pool for j in pairs if (r, c[0], c[1], j) not in done]
         if bar is not None:
             bar.total += len(todo[self.rank :: self.world])
             bar.refresh()
@@ -327,23 +342,24 @@ class HeadHunter:
         done = self.store.load()
         means, counts = {}, {}
         for c in pool:
-            values = [done[(r, c[0], c[1], j)]["score"] for j in range(pair_count)]
+            values = [done[(r, c[0], c[1], j)]["score"] for j in pairs]
             values = [float("nan") if v is None else v for v in values]
             means[c] = sum(values) / len(values)  # NaN if the objective failed on any pair
-            counts[c] = pair_count
+            counts[c] = len(pairs)
         return means, counts
 
     def _greedy_round(self, r: int, pool: list, selected: list, bar: Any, best: list):
-        return self._scores_for(r, pool, len(self.config.pairs), selected, bar, best)
+        return self._scores_for(r, pool, range(len(self.config.pairs)), selected, bar, best)
 
     def _halving_round(self, r: int, pool: list, selected: list, bar: Any, best: list):
         cfg = self.config
         total = len(cfg.pairs)
+        order = spread_order(cfg.pairs)  # early stages see many prompts, not the first prompt's seeds
         pairs = min(cfg.halving_initial_pairs, total)
         survivors = list(pool)
         means_all, counts_all = {}, {}
         while True:
-            means, counts = self._scores_for(r, survivors, pairs, selected, bar, best)
+            means, counts = self._scores_for(r, survivors, order[:pairs], selected, bar, best)
             means_all.update(means)
             counts_all.update(counts)
             if pairs >= total:
@@ -391,6 +407,15 @@ class HeadHunter:
             "config_fingerprint": cfg.fingerprint(),
         }
         self.store.write_text("summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+
+
+def _environment(pipe: Any) -> dict[str, str]:
+    import diffusers
+
+    from .. import __version__
+
+    return {"device_type": pipe.device.type, "headhunter": __version__, "diffusers": diffusers.__version__,
+            "torch": torch.__version__}
 
 
 def _json_default(value: Any) -> Any:

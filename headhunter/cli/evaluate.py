@@ -1,0 +1,103 @@
+"""``headhunter eval``: every setting × prompt × seed generated, scored, summarised and reported; resumable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+from typing import Any, Sequence
+
+from .common import (UsageError, check_writable_dir, import_modules, parse_option, parse_seeds, parse_size,
+                     positive_int, run_target)
+
+__all__ = ["register", "split_metrics"]
+
+
+def split_metrics(texts: Sequence[str]) -> list[str]:
+    """Metric specs from comma-separated lists; a comma not followed by a scorer name stays inside the spec
+    (``style:golden hour, warm glow``)."""
+    from headhunter.scorers import available_scorers
+
+    names = "|".join(sorted((re.escape(n) for n in available_scorers()), key=len, reverse=True))
+    metrics: list[str] = []
+    for text in texts:
+        for piece in text.split(","):
+            starts_term = re.match(rf"^\s*(?:[0-9.]+\s*\*\s*)?(?:{names})(?![\w\-])", piece)
+            if metrics and not starts_term and metrics[-1].startswith(("style:",)):
+                metrics[-1] += "," + piece
+            elif piece.strip():
+                metrics.append(piece.strip())
+    return metrics
+
+
+def run(args: argparse.Namespace) -> int:
+    from headhunter.evaluate import Evaluation, load_settings_file, parse_setting, read_prompts
+    from headhunter.pipelines import load_pipeline
+    from headhunter.scorers import ScorerUnavailable
+    from headhunter.scorers.base import parse_spec
+
+    import_modules(args.imports)
+    prompts = read_prompts(args.prompts)
+    settings = [s for text in args.setting for s in parse_setting(text)]
+    if args.settings_file:
+        settings += load_settings_file(args.settings_file)
+    if not settings:
+        raise UsageError("give at least one --setting (e.g. 'base:' for no guidance) or a --settings-file")
+    metrics = split_metrics(args.metrics)
+    if not metrics:
+        raise UsageError("give at least one metric, e.g. --metrics colorfulness,sharpness")
+    for metric in metrics:
+        parse_spec(metric)
+    names = [s.name for s in settings]
+    if args.baseline is not None and args.baseline not in names:
+        raise UsageError(f"--baseline {args.baseline!r} is not one of the settings: {', '.join(names)}")
+    check_writable_dir(args.out, "--out")
+    device, family, tiny, width, height = run_target(args)
+    defaults: dict[str, Any] = {"num_inference_steps": args.steps or (2 if tiny else 28), "width": width, "height": height}
+    if family == "sd3":
+        defaults["guidance_scale"] = 1.0  # CFG off unless a setting asks for it
+    elif tiny:
+        defaults["max_sequence_length"] = 48
+    pipe = load_pipeline(args.model, device, args.dtype, False)
+    pipe.set_progress_bar_config(disable=True)
+    command = "headhunter " + shlex.join(args.argv)
+    try:
+        result = Evaluation(pipe, prompts, args.seeds, settings, metrics, args.out, defaults=defaults,
+                            model_name=args.model, batch_size=args.batch_size, scorer_options=dict(args.option),
+                            commands=[command], baseline=args.baseline, fresh=args.fresh).run()
+    except ScorerUnavailable as err:
+        raise UsageError(str(err)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{len(result.rows)} images ({result.generated} generated now) in {result.out_dir}")
+        for row in result.summary:
+            line = f"  {row['setting']:<24} {row['metric']:<16} {row['mean']:.4g}  [{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
+            if "diff_mean" in row:
+                line += (f"  vs {args.baseline}: {row['diff_mean']:+.4g} [{row['diff_ci_low']:.4g}, "
+                         f"{row['diff_ci_high']:.4g}], wins {row['win_rate']:.0%}")
+            print(line)
+        print(f"report: {result.report}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    ev = sub.add_parser("eval", help="generate and score image sets under several settings, with a report")
+    ev.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or tiny-sd3 / tiny-flux")
+    ev.add_argument("--prompts", required=True, help=".txt (one per line), .csv or .jsonl (prompt, optional seed, style)")
+    ev.add_argument("--seeds", type=parse_seeds, default=[0])
+    ev.add_argument("--setting", action="append", default=[], metavar="'NAME: key=value, ...'",
+                    help="a named setting, e.g. 'hh3: heads=L1H10,L13H17, pag_scale=1,3,5' (sweeps expand)")
+    ev.add_argument("--settings-file", default=None, help="TOML or JSON: {name: {key: value or [sweep]}}")
+    ev.add_argument("--metrics", action="append", default=[], help="scorer specs joined by commas")
+    ev.add_argument("--baseline", default=None, metavar="NAME",
+                    help="a setting to compare every other one with (paired differences, bootstrap over prompts)")
+    ev.add_argument("--out", required=True, help="run directory (re-running reuses what still matches)")
+    ev.add_argument("--fresh", action="store_true", help="remove this run's earlier images and results first")
+    ev.add_argument("--batch-size", type=positive_int, default=4)
+    ev.add_argument("--steps", type=positive_int, default=None)
+    ev.add_argument("--size", type=parse_size, default=None)
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--dtype", default="auto")
+    ev.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
+    ev.set_defaults(func=run)

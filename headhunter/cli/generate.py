@@ -1,0 +1,119 @@
+"""``headhunter generate``: images with head-level perturbation guidance, each PNG carrying its settings."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .common import check_writable_dir, non_negative_float, parse_interval, parse_seeds, parse_size, positive_int, unique_path
+
+__all__ = ["add_generation_options", "generate_images", "register", "validate_call"]
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny-sd3",
+                        help="hub id, local pipeline folder, or a tiny offline model (tiny-sd3, tiny-sd3.5, tiny-flux)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 28; 2 for tiny models)")
+    parser.add_argument("--size", type=parse_size, default=None, help="N or WxH (default: the model's; 32 for tiny)")
+    parser.add_argument("--cfg", type=non_negative_float, default=None,
+                        help="classifier-free guidance: SD3 guidance_scale, FLUX true_cfg_scale (default: off)")
+    parser.add_argument("--flux-guidance", type=non_negative_float, default=3.5,
+                        help="FLUX distilled guidance_scale (default 3.5)")
+    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--heads", default=None, help="heads to perturb: 'L13H17,L1H10@0.5', a preset name or a JSON file")
+    parser.add_argument("--pag-scale", type=non_negative_float, default=3.0, help="perturbation-guidance scale w (default 3)")
+    parser.add_argument("--softness", type=float, default=1.0, help="softness u in [0, 1] for heads without @u")
+    parser.add_argument("--target", default="identity", help="identity, uniform, query_mean or max")
+    parser.add_argument("--scope", default="joint", help="joint or image")
+    parser.add_argument("--interval", type=parse_interval, default=(0.0, 1.0), help="START,END fractions of the steps")
+    parser.add_argument("--device", default=None, help="cuda when available, else cpu")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on cpu, fp16 SD3 / bf16 FLUX on gpu), float32, float16, bfloat16")
+    parser.add_argument("--offload", action="store_true", help="enable_model_cpu_offload (needs a GPU)")
+
+
+def generation_settings(args: argparse.Namespace, family: str, tiny: bool) -> dict[str, Any]:
+    width, height = args.size or ((32, 32) if tiny else (1024, 1024) if family == "sd3" else (512, 512))
+    steps = args.steps if args.steps is not None else (2 if tiny else 28)
+    settings: dict[str, Any] = {
+        "model": args.model, "width": width, "height": height, "num_inference_steps": steps,
+        "negative_prompt": args.negative_prompt, "pag_heads": args.heads, "pag_scale": args.pag_scale,
+        "pag_softness": args.softness, "pag_target": args.target, "pag_scope": args.scope,
+        "pag_interval": list(args.interval),
+    }
+    if family == "sd3":
+        settings["guidance_scale"] = args.cfg if args.cfg is not None else 1.0
+    else:
+        settings["guidance_scale"] = args.flux_guidance
+        settings["true_cfg_scale"] = args.cfg if args.cfg is not None else 1.0
+        if tiny:
+            settings["max_sequence_length"] = 48
+    return settings
+
+
+def call_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    kwargs = {k: v for k, v in settings.items() if k not in ("model", "prompt", "seed")}
+    kwargs["pag_interval"] = tuple(kwargs["pag_interval"])
+    return kwargs
+
+
+def generate_images(pipe: Any, settings: dict[str, Any], prompt: str, seeds: Sequence[int]) -> list:
+    """One image per seed, in one batched call (each image has its own generator)."""
+    import torch
+
+    device = "cpu" if pipe.device.type == "cpu" else pipe.device
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    return pipe([prompt] * len(seeds), generator=generators, **call_kwargs(settings)).images
+
+
+def validate_call(pipe: Any, settings: dict[str, Any]) -> None:
+    """Check the settings against the loaded model before any image is generated."""
+    from headhunter.arguments import PAGArguments, check_image_size
+
+    PAGArguments.from_call(
+        pipe.head_layout, pag_heads=settings["pag_heads"], pag_scale=settings["pag_scale"],
+        pag_softness=settings["pag_softness"], pag_target=settings["pag_target"], pag_scope=settings["pag_scope"],
+        pag_interval=settings["pag_interval"], pag_adaptive_scale=0.0, pag_applied_layers=None, num_prompts=1,
+        num_images_per_prompt=1,
+    )
+    check_image_size(pipe, settings["height"], settings["width"])
+
+
+def slug(text: str, limit: int = 40) -> str:
+    keep = "".join(c.lower() if c.isalnum() else "-" for c in text)
+    return "-".join(part for part in keep.split("-") if part)[:limit] or "image"
+
+
+def run(args: argparse.Namespace) -> int:
+    from headhunter.metadata import save_png
+    from headhunter.pipelines import load_pipeline, model_family
+    from headhunter.testing import TINY_MODELS
+
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty")
+    out = check_writable_dir(args.out, "--out")
+    family = model_family(args.model)
+    settings = generation_settings(args, family, args.model.lower() in TINY_MODELS)
+    pipe = load_pipeline(args.model, args.device, args.dtype, args.offload)
+    validate_call(pipe, settings)
+    start = time.perf_counter()
+    images = generate_images(pipe, settings, args.prompt, args.seed)
+    written = []
+    for seed, image in zip(args.seed, images):
+        record = {**settings, "prompt": args.prompt, "seed": seed}
+        stem = f"{slug(args.prompt)}-s{seed}" + ("-hh" if args.heads else "")
+        written.append(save_png(image, unique_path(out / f"{stem}.png"), record))
+    print(f"wrote {len(written)} image(s) in {time.perf_counter() - start:.1f}s:")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    gen = sub.add_parser("generate", help="generate images with head-level perturbation guidance")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--seed", type=parse_seeds, default=[0], help="one seed or several joined by commas")
+    gen.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs; existing files are kept)")
+    add_generation_options(gen)
+    gen.set_defaults(func=run)

@@ -1,0 +1,116 @@
+"""Loading a HeadHunter pipeline from what a user types: a tiny offline model name, a local pipeline folder or a hub
+id; with the device and dtype checked before any weight is read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["check_device", "default_device", "load_pipeline", "model_family", "resolve_dtype"]
+
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
+          "bf16": "bfloat16"}
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str | None) -> str:
+    """``device`` (default: cuda when present, else cpu), checked to exist on this machine (ValueError otherwise)."""
+    import torch
+
+    if device is None:
+        return default_device()
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); "
+                             "use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        try:
+            torch.empty(0, device=parsed)
+        except (RuntimeError, AssertionError) as err:
+            raise ValueError(f"device {device!r} is not usable here ({str(err).splitlines()[0]})") from None
+    return device
+
+
+def resolve_dtype(name: str, device: str, family: str) -> Any:
+    """``auto`` is fp32 on CPU, fp16 for SD3 and bf16 for FLUX on an accelerator."""
+    import torch
+
+    if name == "auto":
+        if device.startswith("cpu"):
+            return torch.float32
+        return torch.bfloat16 if family == "flux" else torch.float16
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose auto, float32, float16 or bfloat16")
+    return getattr(torch, DTYPES[name])
+
+
+def model_family(model: str) -> str:
+    """``"sd3"`` or ``"flux"`` for a tiny model name, a local pipeline folder or a hub id (read from its
+    model_index.json; needs the hub or the local cache)."""
+    from headhunter.testing import TINY_MODELS
+
+    if model.lower() in TINY_MODELS:
+        return "flux" if "flux" in model.lower() else "sd3"
+    index = Path(model) / "model_index.json"
+    try:
+        if index.is_file():
+            class_name = json.loads(index.read_text()).get("_class_name", "")
+        elif Path(model).exists():
+            raise ValueError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
+        else:
+            from diffusers import DiffusionPipeline
+
+            class_name = DiffusionPipeline.load_config(model).get("_class_name", "")
+    except Exception as err:  # hub errors come in many classes; the user needs one line
+        raise ValueError(
+            f"cannot read model {model!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+            "Pass a local pipeline folder, or a hub id that is cached or reachable (unset HF_HUB_OFFLINE)."
+        ) from None
+    if "Flux" in class_name:
+        return "flux"
+    if "StableDiffusion3" in class_name:
+        return "sd3"
+    raise ValueError(f"model {model!r} is a {class_name or 'unknown pipeline'}; headhunter supports SD3, SD3.5 and FLUX.1")
+
+
+def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", offload: bool = False) -> Any:
+    """A HeadHunter pipeline for a tiny model name (``tiny-sd3``...), a local folder or a hub id."""
+    from headhunter.testing import TINY_MODELS, tiny_pipeline
+
+    from .flux import HeadHunterFluxPipeline
+    from .sd3 import HeadHunterSD3Pipeline
+
+    family = model_family(model)
+    device = check_device(device)
+    torch_dtype = resolve_dtype(dtype, device, family)
+    if offload and device.startswith("cpu"):
+        raise ValueError("--offload needs an accelerator device (e.g. --device cuda)")
+    if model.lower() in TINY_MODELS:
+        pipe = tiny_pipeline(model.lower())
+        if torch_dtype != pipe.transformer.dtype:
+            pipe.to(dtype=torch_dtype)
+    else:
+        cls = HeadHunterFluxPipeline if family == "flux" else HeadHunterSD3Pipeline
+        try:
+            pipe = cls.from_pretrained(model, torch_dtype=torch_dtype)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot load {model!r}: {str(err).splitlines()[0]}") from None
+    if offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
