@@ -12,10 +12,10 @@ __all__ = ["register"]
 
 
 def run(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("gradio") is None:
-        raise UsageError("the studio needs Gradio: pip install 'headhunter[ui]'")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is not a TCP port")
+    if importlib.util.find_spec("gradio") is None:
+        raise UsageError("the studio needs Gradio: pip install 'headhunter[ui]'")
     from headhunter.pipelines.loading import check_device
     from headhunter.ui import launch
 
