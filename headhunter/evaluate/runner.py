@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import io
 import json
+import math
 import os
 import re
 import time
@@ -211,13 +212,14 @@ class Evaluation:
     def _plan(self) -> tuple[list[dict], list[dict]]:
         """(items whose image must be generated, items that only need scores), and one line per setting."""
         images, scores = self._read_log()
-        self._logged_images = set(images)
+        self._logged_images, self._known_scores = set(images), set(scores)
         metric_fps = [self.metric_fingerprint(m) for m in self.metrics]
+        items = self.items()
         generate, score = [], []
         for setting in self.settings:
             counts = {"reused": 0, "new": 0, "changed": 0, "damaged": 0}
             to_score = 0
-            for it in (it for it in self.items() if it["setting"] == setting.name):
+            for it in (it for it in items if it["setting"] == setting.name):
                 state, on_disk = _png_state(self.out / it["image"])
                 if on_disk == it["fingerprint"]:
                     counts["reused"] += 1
@@ -314,29 +316,25 @@ class Evaluation:
                 "generation_seconds": seconds, "command": self.commands, "process": self.rank}
 
     def _score(self, batch: list[dict], scorers: dict) -> list[dict]:
-        """Score records for the saved images of ``batch`` (every metric; the log keeps the first of duplicates)."""
+        """Score records for the saved images of ``batch``: each metric only where the log has no score yet (a
+        regenerated image has a new fingerprint, so it has none)."""
         from PIL import Image
 
-        images = []
+        images = {}
         for it in batch:
             with Image.open(self.out / it["image"]) as image:
-                images.append(image.convert("RGB"))
-        prompts = [it["prompt"] for it in batch]
+                images[it["fingerprint"]] = image.convert("RGB")
         records = []
         for metric, scorer in scorers.items():
-            values = self._score_batch(scorer, images, prompts)
             fp = self.metric_fingerprint(metric)
+            todo = [it for it in batch if (it["fingerprint"], fp) not in self._known_scores]
+            if not todo:
+                continue
+            values = scorer([images[it["fingerprint"]] for it in todo], [it["prompt"] for it in todo])
             records += [{"kind": "score", "image_fingerprint": it["fingerprint"], "metric": metric,
-                         "metric_fingerprint": fp, "value": value} for it, value in zip(batch, values)]
+                         "metric_fingerprint": fp, "value": float(v) if math.isfinite(float(v)) else None}  # no NaN in JSON
+                        for it, v in zip(todo, values)]
         return records
-
-    @staticmethod
-    def _score_batch(scorer: Any, images: list, prompts: list[str]) -> list[float | None]:
-        if len({image.size for image in images}) == 1:
-            values = [float(v) for v in scorer(images, prompts)]
-        else:  # a batch of different sizes (a setting with its own width/height is batched alone, but be safe)
-            values = [float(scorer([image], [prompt])[0]) for image, prompt in zip(images, prompts)]
-        return [v if v == v and abs(v) != float("inf") else None for v in values]  # JSON has no NaN
 
     def _generate(self, setting: Setting, items: list[dict]) -> float:
         kw = self._resolved[setting.name]
