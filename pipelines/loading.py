@@ -66,6 +66,8 @@ def model_family(model: str) -> str:
     if model.lower() in TINY_MODELS:
         return "flux" if "flux" in model.lower() else "sd3"
     index = Path(model) / "model_index.json"
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+        raise ValueError(f"model folder {model!r} does not exist")
     try:
         if index.is_file():
             class_name = json.loads(index.read_text()).get("_class_name", "")

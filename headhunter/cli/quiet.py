@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 __all__ = ["quiet_known_notices"]
 
@@ -50,6 +51,8 @@ def quiet_known_notices() -> None:
     """Install the filters (idempotent); called by ``headhunter`` before any library is imported."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_SYMLINKS_WARNING", "1")
+    # diffusers still passes the retired `local_dir_use_symlinks` to huggingface_hub, which warns on every load
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
     notices = _Notices()
     for name in NOISY_LOGGERS:
         logger = logging.getLogger(name)
