@@ -186,3 +186,16 @@ def test_paired_bootstrap_draws_prompts_not_images():
     assert images[2] - images[1] < result["diff_ci_high"] - result["diff_ci_low"]
     assert result["win_rate"] == pytest.approx(0.75) and result["pairs"] == 8
     assert paired_comparison([(0, 1.0, 1.0), (1, float("nan"), 0.0)])["win_rate"] == 0.5
+
+
+def test_difference_chart_keeps_zero_on_the_axis():
+    import re
+
+    from headhunter.evaluate.report import _bar_chart
+
+    svg = _bar_chart("m", [{"setting": "hh", "mean": -1.0, "ci_low": -1.5, "ci_high": -0.5}])
+    zero = float(re.search(r'<line x1="([\d.]+)" y1="20"', svg).group(1))
+    x, width = (float(v) for v in re.search(r'<rect x="([\d.]+)" y="\d+" width="([\d.]+)"', svg).groups())
+    whisker_high = float(re.findall(r'<line x1="[\d.]+" y1="[\d.]+" x2="([\d.]+)"', svg)[1])
+    # the bar runs from the mean to 0; the interval's upper end (−0.5) lies between them, left of 0
+    assert x + width == pytest.approx(zero, abs=0.11) and x < whisker_high < zero

@@ -15,13 +15,15 @@ def _bar_chart(metric: str, rows: Sequence[dict], width: int = 520, caption: str
     if not finite:
         return f"<p>{html.escape(metric)}: no finite values</p>"
     low = min(0.0, min(r["ci_low"] for r in finite))
-    high = max(r["ci_high"] for r in finite)
+    high = max(0.0, max(r["ci_high"] for r in finite))  # bars start at 0, so 0 must be on the axis
     span = (high - low) or 1.0
     bar_h, gap, label_w = 22, 8, 190
     height = len(rows) * (bar_h + gap) + 30
     scale = (width - label_w - 70) / span
     parts = [f'<svg class="chart" width="{width}" height="{height}" role="img" aria-label="{html.escape(metric)}">',
              f'<text x="0" y="14" font-weight="bold">{html.escape(metric)} ({html.escape(caption)})</text>']
+    zero = label_w + (0 - low) * scale
+    parts.append(f'<line x1="{zero:.1f}" y1="20" x2="{zero:.1f}" y2="{height - 4}" stroke="#999"/>')
     for i, r in enumerate(rows):
         y = 24 + i * (bar_h + gap)
         parts.append(f'<text x="0" y="{y + 15}">{html.escape(r["setting"])}</text>')
