@@ -98,6 +98,12 @@ class PAGArguments:
             return 0.0
         return adaptive_scale(self.pag_scale, self.pag_adaptive_scale, float(t))
 
+    def step_scales(self, timesteps: Any, num_steps: int) -> list[float]:
+        """``w_t`` for every step, computed before the denoising loop so the loop never reads a device tensor back.
+        Only the adaptive scale needs the timesteps' values (one transfer, here)."""
+        values = timesteps.tolist() if self.pag_adaptive_scale != 0 else [1000.0] * len(timesteps)
+        return [self.scale_at(i, num_steps, t) for i, t in enumerate(values)]
+
     @classmethod
     def from_call(
         cls,

@@ -23,23 +23,28 @@ def guided_prediction(
 ) -> torch.Tensor:
     """``v = v_u + g·(v_c − v_u) + w·(v_c − v̂)`` with CFG, ``v = v_c + w·(v_c − v̂)`` without.
 
-    ``v_pert`` None (branch not run this step) drops the perturbation term; ``v_uncond`` None drops CFG.
+    ``v_pert`` None (branch not run this step) drops the perturbation term — and then the result is the stock CFG
+    step, computed as diffusers computes it (in the model's dtype). With the perturbation term the three branches are
+    combined in at least fp32 and the result cast back: in bf16, ``w·(v_c − v̂)`` with w up to 8 would carry the
+    rounding of two nearly equal predictions eight-fold. ``v_uncond`` None drops CFG.
     """
-    if v_uncond is not None:
-        v = v_uncond + guidance_scale * (v_cond - v_uncond)
-    else:
-        v = v_cond
-    if v_pert is not None and pag_scale != 0:
-        v = v + pag_scale * (v_cond - v_pert)
-    return v
+    if v_pert is None or pag_scale == 0:
+        if v_uncond is None:
+            return v_cond
+        return v_uncond + guidance_scale * (v_cond - v_uncond)
+    wide = torch.promote_types(v_cond.dtype, torch.float32)
+    c = v_cond.to(wide)
+    v = c if v_uncond is None else v_uncond.to(wide) + guidance_scale * (c - v_uncond.to(wide))
+    return (v + pag_scale * (c - v_pert.to(wide))).to(v_cond.dtype)
 
 
-def scatter_perturbed(v_cond: torch.Tensor, v_pert_rows: torch.Tensor, samples: Sequence[int]) -> torch.Tensor:
+def scatter_perturbed(v_cond: torch.Tensor, v_pert_rows: torch.Tensor, samples: torch.Tensor | None) -> torch.Tensor:
     """Full-batch ``v̂``: the perturbed prediction for the images that perturb heads, ``v_c`` for the others (so their
-    guidance term is zero)."""
-    v_pert = v_cond.clone()
-    v_pert[torch.as_tensor(list(samples), device=v_cond.device)] = v_pert_rows.to(v_cond.dtype)
-    return v_pert
+    guidance term is zero). ``samples`` (a long tensor on ``v_cond``'s device) says which image each perturbed row
+    belongs to; None means every image, in order, and then no copy of ``v_c`` is made."""
+    if samples is None:
+        return v_pert_rows.to(v_cond.dtype)
+    return v_cond.index_copy(0, samples, v_pert_rows.to(v_cond.dtype))
 
 
 def adaptive_scale(pag_scale: float, pag_adaptive_scale: float, t: float) -> float:

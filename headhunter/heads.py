@@ -31,7 +31,14 @@ __all__ = [
     "list_presets",
     "load_preset",
     "save_preset",
+    "unwrap_compiled",
 ]
+
+
+def unwrap_compiled(module: Any) -> Any:
+    """The model inside a ``torch.compile`` wrapper (``OptimizedModule._orig_mod``), or ``module`` itself."""
+    return getattr(module, "_orig_mod", module)
+
 
 PRESET_FORMAT = "headhunter.heads/1"
 
@@ -88,6 +95,7 @@ class HeadLayout:
     def from_transformer(cls, transformer: Any) -> "HeadLayout":
         from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
+        transformer = unwrap_compiled(transformer)
         config = getattr(transformer, "config", None)
         if isinstance(transformer, SD3Transformer2DModel):
             return cls("sd3", len(transformer.transformer_blocks), config.num_attention_heads, config.attention_head_dim)
@@ -111,6 +119,7 @@ class HeadLayout:
 
     def block(self, transformer: Any, layer: int) -> Any:
         """The transformer block that holds ``layer``'s attention."""
+        transformer = unwrap_compiled(transformer)
         if self.model_type == "flux" and layer >= self.num_double_layers:
             return transformer.single_transformer_blocks[layer - self.num_double_layers]
         return transformer.transformer_blocks[layer]

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
+from .heads import unwrap_compiled
+
 __all__ = ["holding_transformer", "one_call_per_transformer"]
 
 _locks: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -26,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _lock_for(transformer: torch.nn.Module) -> threading.RLock:
-    module = getattr(transformer, "_orig_mod", transformer)  # a compiled wrapper shares its model's lock
+    module = unwrap_compiled(transformer)  # a compiled wrapper shares its model's lock
     with _registry_guard:
         lock = _locks.get(module)
         if lock is None:

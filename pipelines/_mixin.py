@@ -33,9 +33,9 @@ class HeadHunterMixin:
         )
 
     def prepare_perturbation_plan(
-        self, pag: PAGArguments, do_classifier_free_guidance: bool, text_len: int
+        self, pag: PAGArguments, do_classifier_free_guidance: bool, text_len: int, device: Any = "cpu"
     ) -> PerturbationPlan | None:
-        """The plan for this call, or None when the perturbed branch never runs."""
+        """The plan for this call (its tensors on ``device``), or None when the perturbed branch never runs."""
         if not pag.active:
             return None
         return build_plan(
@@ -46,4 +46,5 @@ class HeadHunterMixin:
             scope=pag.pag_scope,
             share_prefix=self.share_prefix,
             text_len=text_len,
+            device=device,
         )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from diffusers import FluxPipeline
 from diffusers.image_processor import PipelineImageInput
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from diffusers.pipelines.flux.pipeline_flux import XLA_AVAILABLE, calculate_shift, retrieve_timesteps
 from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 
@@ -18,6 +19,9 @@ from headhunter.locking import one_call_per_transformer
 
 from ._docs import PAG_ARGS_DOC
 from ._mixin import HeadHunterMixin
+
+if XLA_AVAILABLE:
+    import torch_xla.core.xla_model as xm
 
 EXAMPLE_DOC = """
     Examples:
@@ -52,6 +56,9 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
     layer; False runs it through every block (same result, more work).
     """
 
+    # Copied from diffusers.pipelines.flux.pipeline_flux.FluxPipeline.__call__ with the HeadHunter additions between
+    # `# HeadHunter >>>` and `# HeadHunter <<<` (the parent lines they replace are kept there as `#|` comments; the
+    # stock step is indented one level under `else:`); tests/test_copies.py fails when the parent changes.
     @one_call_per_transformer
     @torch.no_grad()
     def __call__(
@@ -83,6 +90,7 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
         callback_on_step_end: Callable[[int, int], None] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int = 512,
+        # HeadHunter >>>
         pag_heads: Any = None,
         pag_scale: float = 3.0,
         pag_softness: float = 1.0,
@@ -91,7 +99,9 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
         pag_interval: tuple[float, float] = (0.0, 1.0),
         pag_adaptive_scale: float = 0.0,
         pag_applied_layers: list[int | str] | None = None,
+        # HeadHunter <<<
     ) -> FluxPipelineOutput | tuple:
+
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
 
@@ -124,7 +134,8 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
         else:
             batch_size = prompt_embeds.shape[0]
 
-        # 2b. HeadHunter: validate the pag_* arguments before anything runs
+        # HeadHunter >>>
+        # HeadHunter: validate the pag_* arguments before anything runs
         pag = self.check_pag_inputs(
             batch_size,
             num_images_per_prompt,
@@ -137,12 +148,14 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
             pag_adaptive_scale=pag_adaptive_scale,
             pag_applied_layers=pag_applied_layers,
         )
+
         uses_ip_adapter = any(
             x is not None
             for x in (ip_adapter_image, ip_adapter_image_embeds, negative_ip_adapter_image, negative_ip_adapter_image_embeds)
         )
         if pag.active and uses_ip_adapter:
             raise ValueError("pag_heads cannot be combined with an IP-Adapter: it replaces the perturbed layers' processors")
+        # HeadHunter <<<
 
         device = self._execution_device
 
@@ -190,8 +203,10 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
                 lora_scale=lora_scale,
             )
 
-        # 3. HeadHunter: the perturbation plan over the batch [negative (true CFG only); conditional]
-        plan = self.prepare_perturbation_plan(pag, do_true_cfg, text_len=prompt_embeds.shape[1])
+        # HeadHunter >>>
+        # HeadHunter: the perturbation plan over the batch [negative (true CFG only); conditional], on the device
+        plan = self.prepare_perturbation_plan(pag, do_true_cfg, text_len=prompt_embeds.shape[1], device=device)
+        # HeadHunter <<<
 
         # 4. Prepare latent variables
         num_channels_latents = self.transformer.config.in_channels // 4
@@ -218,15 +233,21 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
             self.scheduler.config.get("base_shift", 0.5),
             self.scheduler.config.get("max_shift", 1.15),
         )
+
+        timestep_device = device
         timesteps, num_inference_steps = retrieve_timesteps(
             self.scheduler,
             num_inference_steps,
-            device,
+            timestep_device,
             sigmas=sigmas,
             mu=mu,
         )
         num_warmup_steps = max(len(timesteps) - num_inference_steps * self.scheduler.order, 0)
         self._num_timesteps = len(timesteps)
+        # HeadHunter >>>
+        # HeadHunter: w_t of every step, known before the loop (the loop reads nothing back from the device)
+        pag_scales = pag.step_scales(timesteps, num_inference_steps) if plan is not None else None
+        # HeadHunter <<<
 
         # handle guidance
         if self.transformer.config.guidance_embeds:
@@ -240,6 +261,7 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
         ):
             negative_ip_adapter_image = np.zeros((width, height, 3), dtype=np.uint8)
             negative_ip_adapter_image = [negative_ip_adapter_image] * self.transformer.encoder_hid_proj.num_ip_adapters
+
         elif (ip_adapter_image is None and ip_adapter_image_embeds is None) and (
             negative_ip_adapter_image is not None or negative_ip_adapter_image_embeds is not None
         ):
@@ -266,19 +288,17 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
                 batch_size * num_images_per_prompt,
             )
 
-        # HeadHunter: the batched inputs used on steps where the perturbed branch runs
-        if plan is not None:
-            if do_true_cfg:
-                branch_prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
-                branch_pooled_prompt_embeds = torch.cat([negative_pooled_prompt_embeds, pooled_prompt_embeds])
-            else:
-                branch_prompt_embeds, branch_pooled_prompt_embeds = prompt_embeds, pooled_prompt_embeds
-            branch_guidance = None if guidance is None else guidance[:1].expand(plan.base_rows)
-
         # 6. Denoising loop
         # We set the index here to remove DtoH sync, helpful especially during compilation.
+        # Check out more details here: https://github.com/huggingface/diffusers/pull/11696
         self.scheduler.set_begin_index(0)
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
+        # HeadHunter >>>
+#|         with self.progress_bar(total=num_inference_steps) as progress_bar:
+        # HeadHunter: the SoftPAG processors and fork hooks are installed once for the whole loop and restored after it
+        with (
+            perturbed_heads(self.transformer, plan, active=False) if plan is not None else nullcontext()
+        ) as session, self.progress_bar(total=num_inference_steps) as progress_bar:
+        # HeadHunter <<<
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -286,20 +306,29 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
                 self._current_timestep = t
                 if image_embeds is not None:
                     self._joint_attention_kwargs["ip_adapter_image_embeds"] = image_embeds
+                # broadcast to batch dimension in a way that's compatible with ONNX/Core ML
+                timestep = t.expand(latents.shape[0]).to(latents.dtype)
 
-                # HeadHunter: w_t for this step; 0 means the perturbed branch is not computed
-                pag_scale_t = pag.scale_at(i, num_inference_steps, t) if plan is not None else 0.0
-
+                # HeadHunter >>>
+                # HeadHunter: w_t for this step; 0 means the perturbed branch is not computed (the stock step below runs)
+                pag_scale_t = pag_scales[i] if plan is not None else 0.0
+                if session is not None:
+                    session.active = pag_scale_t > 0
                 if pag_scale_t > 0:
-                    # every branch in one forward: [negative;] conditional, and the perturbed rows forked inside
-                    # the transformer at the first perturbed layer
-                    model_latents = torch.cat([latents] * 2) if do_true_cfg else latents
-                    timestep = t.expand(model_latents.shape[0]).to(latents.dtype)
-                    with self.transformer.cache_context("headhunter"), perturbed_heads(self.transformer, plan):
+                    # every branch in one forward: [negative;] conditional, and the perturbed rows forked inside the
+                    # transformer at the first perturbed layer; the embeddings are read here, so a callback may change them
+                    if do_true_cfg:
+                        branch_latents = torch.cat([latents] * 2)
+                        branch_prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+                        branch_pooled_prompt_embeds = torch.cat([negative_pooled_prompt_embeds, pooled_prompt_embeds])
+                    else:
+                        branch_latents, branch_prompt_embeds = latents, prompt_embeds
+                        branch_pooled_prompt_embeds = pooled_prompt_embeds
+                    with self.transformer.cache_context("headhunter"):
                         branch_pred = self.transformer(
-                            hidden_states=model_latents,
-                            timestep=timestep / 1000,
-                            guidance=branch_guidance,
+                            hidden_states=branch_latents,
+                            timestep=t.expand(plan.base_rows).to(latents.dtype) / 1000,
+                            guidance=None if guidance is None else guidance[:1].expand(plan.base_rows),
                             pooled_projections=branch_pooled_prompt_embeds,
                             encoder_hidden_states=branch_prompt_embeds,
                             txt_ids=text_ids,
@@ -308,20 +337,17 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
                             return_dict=False,
                         )[0]
                     base_pred, perturbed_rows = branch_pred[: plan.base_rows], branch_pred[plan.base_rows :]
-                    if do_true_cfg:
-                        neg_noise_pred, noise_pred_text = base_pred.chunk(2)
-                    else:
-                        neg_noise_pred, noise_pred_text = None, base_pred
+                    neg_noise_pred, noise_pred = base_pred.chunk(2) if do_true_cfg else (None, base_pred)
                     noise_pred = guided_prediction(
-                        noise_pred_text,
-                        scatter_perturbed(noise_pred_text, perturbed_rows, plan.samples),
+                        noise_pred,
+                        scatter_perturbed(noise_pred, perturbed_rows, plan.sample_index),
                         pag_scale_t,
                         neg_noise_pred,
                         true_cfg_scale,
                     )
                 else:
-                    # the stock FluxPipeline step
-                    timestep = t.expand(latents.shape[0]).to(latents.dtype)
+                # HeadHunter <<<
+
                     with self.transformer.cache_context("cond"):
                         noise_pred = self.transformer(
                             hidden_states=latents,
@@ -371,8 +397,12 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
                     latents = callback_outputs.pop("latents", latents)
                     prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
 
+                # call the callback, if provided
                 if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
                     progress_bar.update()
+
+                if XLA_AVAILABLE:
+                    xm.mark_step()
 
         self._current_timestep = None
 

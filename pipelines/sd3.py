@@ -10,7 +10,11 @@ from diffusers import StableDiffusion3Pipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
-from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+    XLA_AVAILABLE,
+    calculate_shift,
+    retrieve_timesteps,
+)
 
 from headhunter.attention import perturbed_heads
 from headhunter.guidance import guided_prediction, scatter_perturbed
@@ -18,6 +22,9 @@ from headhunter.locking import one_call_per_transformer
 
 from ._docs import PAG_ARGS_DOC
 from ._mixin import HeadHunterMixin
+
+if XLA_AVAILABLE:
+    import torch_xla.core.xla_model as xm
 
 EXAMPLE_DOC = """
     Examples:
@@ -52,6 +59,9 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
     layer; False runs it through every block (same result, more work).
     """
 
+    # Copied from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3.StableDiffusion3Pipeline.__call__
+    # with the HeadHunter additions between `# HeadHunter >>>` and `# HeadHunter <<<` (the parent lines they replace are
+    # kept there as `#|` comments); tests/test_copies.py fails when the parent changes.
     @one_call_per_transformer
     @torch.no_grad()
     def __call__(
@@ -88,6 +98,7 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
         skip_layer_guidance_stop: float = 0.2,
         skip_layer_guidance_start: float = 0.01,
         mu: float | None = None,
+        # HeadHunter >>>
         pag_heads: Any = None,
         pag_scale: float = 3.0,
         pag_softness: float = 1.0,
@@ -96,7 +107,9 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
         pag_interval: tuple[float, float] = (0.0, 1.0),
         pag_adaptive_scale: float = 0.0,
         pag_applied_layers: list[int | str] | None = None,
+        # HeadHunter <<<
     ) -> StableDiffusion3PipelineOutput | tuple:
+
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
 
@@ -135,7 +148,8 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
         else:
             batch_size = prompt_embeds.shape[0]
 
-        # 2b. HeadHunter: validate the pag_* arguments before anything runs
+        # HeadHunter >>>
+        # HeadHunter: validate the pag_* arguments before anything runs
         pag = self.check_pag_inputs(
             batch_size,
             num_images_per_prompt,
@@ -148,8 +162,10 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
             pag_adaptive_scale=pag_adaptive_scale,
             pag_applied_layers=pag_applied_layers,
         )
+
         if pag.active and (ip_adapter_image is not None or ip_adapter_image_embeds is not None):
             raise ValueError("pag_heads cannot be combined with an IP-Adapter: it replaces the perturbed layers' processors")
+        # HeadHunter <<<
 
         device = self._execution_device
 
@@ -187,8 +203,12 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)
             pooled_prompt_embeds = torch.cat([negative_pooled_prompt_embeds, pooled_prompt_embeds], dim=0)
 
-        # 3. HeadHunter: the perturbation plan (None when no image perturbs any head)
-        plan = self.prepare_perturbation_plan(pag, self.do_classifier_free_guidance, text_len=prompt_embeds.shape[1])
+        # HeadHunter >>>
+        # HeadHunter: the perturbation plan (None when no image perturbs any head), its tensors on the device
+        plan = self.prepare_perturbation_plan(
+            pag, self.do_classifier_free_guidance, text_len=prompt_embeds.shape[1], device=device
+        )
+        # HeadHunter <<<
 
         # 4. Prepare latent variables
         num_channels_latents = self.transformer.config.in_channels
@@ -220,15 +240,23 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
             scheduler_kwargs["mu"] = mu
         elif mu is not None:
             scheduler_kwargs["mu"] = mu
+        if XLA_AVAILABLE:
+            timestep_device = "cpu"
+        else:
+            timestep_device = device
         timesteps, num_inference_steps = retrieve_timesteps(
             self.scheduler,
             num_inference_steps,
-            device,
+            timestep_device,
             sigmas=sigmas,
             **scheduler_kwargs,
         )
         num_warmup_steps = max(len(timesteps) - num_inference_steps * self.scheduler.order, 0)
         self._num_timesteps = len(timesteps)
+        # HeadHunter >>>
+        # HeadHunter: w_t of every step, known before the loop (the loop reads nothing back from the device)
+        pag_scales = pag.step_scales(timesteps, num_inference_steps) if plan is not None else None
+        # HeadHunter <<<
 
         # 6. Prepare image embeddings
         if (ip_adapter_image is not None and self.is_ip_adapter_active) or ip_adapter_image_embeds is not None:
@@ -246,46 +274,62 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
                 self._joint_attention_kwargs.update(ip_adapter_image_embeds=ip_adapter_image_embeds)
 
         # 7. Denoising loop
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
+        # HeadHunter >>>
+#|         with self.progress_bar(total=num_inference_steps) as progress_bar:
+        # HeadHunter: the SoftPAG processors and fork hooks are installed once for the whole loop and restored after it
+        with (
+            perturbed_heads(self.transformer, plan, active=False) if plan is not None else nullcontext()
+        ) as session, self.progress_bar(total=num_inference_steps) as progress_bar:
+        # HeadHunter <<<
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
 
-                # HeadHunter: w_t for this step; 0 means the perturbed branch is not computed
-                pag_scale_t = pag.scale_at(i, num_inference_steps, t) if plan is not None else 0.0
+                # HeadHunter >>>
+                # HeadHunter: w_t for this step; 0 means the perturbed branch is not computed (the stock step runs)
+                pag_scale_t = pag_scales[i] if plan is not None else 0.0
                 run_branch = pag_scale_t > 0
+                if session is not None:
+                    session.active = run_branch
+                # HeadHunter <<<
 
-                # expand the latents if we are doing classifier free guidance; the perturbed rows are added inside
-                # the transformer, at the first perturbed layer
+                # expand the latents if we are doing classifier free guidance
                 latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                # broadcast to batch dimension in a way that's compatible with ONNX/Core ML
                 timestep = t.expand(latent_model_input.shape[0])
+                # on TPU, a view into `timesteps` makes `torch.compile` recompile every step
+                if timestep.device.type == "tpu":
+                    timestep = timestep.clone()
 
-                with perturbed_heads(self.transformer, plan) if run_branch else nullcontext():
-                    noise_pred = self.transformer(
-                        hidden_states=latent_model_input,
-                        timestep=timestep,
-                        encoder_hidden_states=prompt_embeds,
-                        pooled_projections=pooled_prompt_embeds,
-                        joint_attention_kwargs=self.joint_attention_kwargs,
-                        return_dict=False,
-                    )[0]
+                noise_pred = self.transformer(
+                    hidden_states=latent_model_input,
+                    timestep=timestep,
+                    encoder_hidden_states=prompt_embeds,
+                    pooled_projections=pooled_prompt_embeds,
+                    joint_attention_kwargs=self.joint_attention_kwargs,
+                    return_dict=False,
+                )[0]
 
-                # perform guidance: v = v_u + g (v_c - v_u) + w_t (v_c - v_perturbed)
-                noise_pred_perturbed_rows = None
+                # HeadHunter >>>
+#|                 # perform guidance
+#|                 if self.do_classifier_free_guidance:
+#|                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+#|                     noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
+                # perform guidance: v = v_u + g (v_c - v_u) + w_t (v_c - v_perturbed); the perturbed rows come last
+                noise_pred_perturbed = None
                 if run_branch:
-                    noise_pred, noise_pred_perturbed_rows = noise_pred[: plan.base_rows], noise_pred[plan.base_rows :]
+                    noise_pred, noise_pred_perturbed = noise_pred[: plan.base_rows], noise_pred[plan.base_rows :]
                 if self.do_classifier_free_guidance:
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                 else:
                     noise_pred_uncond, noise_pred_text = None, noise_pred
-                noise_pred_perturbed = (
-                    scatter_perturbed(noise_pred_text, noise_pred_perturbed_rows, plan.samples) if run_branch else None
-                )
+                if run_branch:
+                    noise_pred_perturbed = scatter_perturbed(noise_pred_text, noise_pred_perturbed, plan.sample_index)
                 noise_pred = guided_prediction(
                     noise_pred_text, noise_pred_perturbed, pag_scale_t, noise_pred_uncond, self.guidance_scale
                 )
-
                 if self.do_classifier_free_guidance:
+                # HeadHunter <<<
                     should_skip_layers = (
                         True
                         if i > num_inference_steps * skip_layer_guidance_start
@@ -294,6 +338,8 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
                     )
                     if skip_guidance_layers is not None and should_skip_layers:
                         timestep = t.expand(latents.shape[0])
+                        if timestep.device.type == "tpu":
+                            timestep = timestep.clone()
                         latent_model_input = latents
                         noise_pred_skip_layers = self.transformer(
                             hidden_states=latent_model_input,
@@ -327,8 +373,12 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
                     prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                     pooled_prompt_embeds = callback_outputs.pop("pooled_prompt_embeds", pooled_prompt_embeds)
 
+                # call the callback, if provided
                 if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
                     progress_bar.update()
+
+                if XLA_AVAILABLE:
+                    xm.mark_step()
 
         if output_type == "latent":
             image = latents

@@ -15,8 +15,10 @@ def test_guided_prediction_hand_values():
 
 def test_scatter_keeps_cond_for_unperturbed_images():
     vc = torch.arange(3.0)[:, None]
-    out = scatter_perturbed(vc, torch.tensor([[10.0]]), [1])
-    assert out.flatten().tolist() == [0.0, 10.0, 2.0]
+    out = scatter_perturbed(vc, torch.tensor([[10.0]]), torch.tensor([1]))
+    assert out.flatten().tolist() == [0.0, 10.0, 2.0] and vc.flatten().tolist() == [0.0, 1.0, 2.0]
+    rows = torch.tensor([[5.0], [6.0], [7.0]])
+    assert scatter_perturbed(vc, rows, None).flatten().tolist() == [5.0, 6.0, 7.0]  # every image perturbed
 
 
 def test_adaptive_scale_and_interval():
@@ -47,9 +49,9 @@ def _explicit(q, k, v, t):
 
 @pytest.mark.parametrize("target", ["identity", "uniform", "query_mean", "max"])
 def test_targets_match_explicit_maps(target, monkeypatch):
-    import headhunter.attention as attention
+    import headhunter.attention.targets as targets
 
-    monkeypatch.setattr(attention, "_MAX_CHUNK_ELEMENTS", 64)  # force several query chunks for max
+    monkeypatch.setattr(targets, "_MAX_CHUNK_ELEMENTS", 64)  # force several query chunks for max
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 13, 3, 4, dtype=torch.float64) for _ in range(3))
     got = target_values(q, k, v, target).expand_as(v)
@@ -64,9 +66,9 @@ def test_max_ties_take_first_index():
 
 
 def test_image_scope_matches_masked_softmax(monkeypatch):
-    import headhunter.attention as attention
+    import headhunter.attention.targets as targets
 
-    monkeypatch.setattr(attention, "_MAX_CHUNK_ELEMENTS", 50)
+    monkeypatch.setattr(targets, "_MAX_CHUNK_ELEMENTS", 50)
     torch.manual_seed(1)
     q, k, v = (torch.randn(1, 9, 2, 4, dtype=torch.float64) for _ in range(3))
     image, text = slice(3, 9), slice(0, 3)  # FLUX order: text first
