@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 PIP_FLAGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test demo bench clean
+.PHONY: test test-slow demo bench clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m ""
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/headhunter demo --out demo-output

@@ -13,13 +13,15 @@ class HeadHunterMixin:
     """Head layout, ``pag_*`` validation and the per-call perturbation plan.
 
     Attributes:
-        share_prefix (`bool`, defaults to `True`):
+        share_prefix (`bool` or `int`, defaults to `True`):
             Run the blocks before the first perturbed layer once for the conditional and the perturbed branch, and
             fork the branch there. `False` runs the branch through every block (same result, more work); kept for
-            benchmarks and checks.
+            benchmarks and checks. An int `n` forks at layer `n` (or earlier, where the heads start earlier): a
+            transformer compiled as a whole compiles one graph per fork layer, so a fixed fork keeps it on one graph
+            while the heads change (the search does this).
     """
 
-    share_prefix: bool = True
+    share_prefix: bool | int = True
 
     @property
     def head_layout(self) -> HeadLayout:

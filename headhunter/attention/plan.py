@@ -75,6 +75,12 @@ class PerturbationPlan:
         )
 
 
+def _fork_layer(share_prefix: bool | int, first: int) -> int:
+    if isinstance(share_prefix, bool):
+        return first if share_prefix else 0
+    return max(0, min(int(share_prefix), first))
+
+
 def build_plan(
     layout: HeadLayout,
     softness: Sequence[Mapping[tuple[int, int], float]],
@@ -82,7 +88,7 @@ def build_plan(
     do_classifier_free_guidance: bool,
     target: str = "identity",
     scope: str = "joint",
-    share_prefix: bool = True,
+    share_prefix: bool | int = True,
     text_len: int | None = None,
     device: torch.device | str = "cpu",
 ) -> PerturbationPlan | None:
@@ -92,7 +98,9 @@ def build_plan(
         layout: the transformer's :class:`HeadLayout`.
         softness: one ``{(layer, head): u}`` per generated image (already validated against ``layout``).
         do_classifier_free_guidance: the transformer batch is ``[uncond, cond]`` (else ``[cond]``).
-        share_prefix: fork the perturbed rows at the first perturbed layer (True) or at layer 0.
+        share_prefix: fork the perturbed rows at the first perturbed layer (True), at layer 0 (False), or at layer
+            ``n`` when given an int (or earlier, at the first perturbed layer): a fixed fork keeps a compiled
+            transformer on one graph while the heads move.
         device: where the processors will read the plan's tensors (the pipeline's execution device).
     Returns:
         None when no image perturbs any head with u > 0 (then no perturbed branch is run at all).
@@ -117,7 +125,7 @@ def build_plan(
         target=target,
         scope=scope,
         base_rows=base_rows,
-        fork_layer=layers[0] if share_prefix else 0,
+        fork_layer=_fork_layer(share_prefix, layers[0]),
         fork_src=tuple(cond_offset + i for i in samples),
         samples=tuple(samples),
         text_len=text_len,

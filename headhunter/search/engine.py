@@ -268,11 +268,29 @@ class HeadHunter:
         try:
             self.store.check_config()
             self.store.repair()
-            return self._run()
+            with self._fixed_fork():
+                return self._run()
         except BaseException:
             if self.rank == 0:
                 self.store.discard_if_empty()
             raise
+
+    @contextmanager
+    def _fixed_fork(self) -> Iterator[None]:
+        """A transformer compiled as a whole compiles one graph per fork layer; every batch of the search forks at
+        the candidates' first layer instead of its own, so the graph count stays constant (blocks compiled on their
+        own, or an eager transformer, keep the per-batch fork and its saving)."""
+        from ..attention import compile_mode
+
+        if compile_mode(self.pipe.transformer) != "whole":
+            yield
+            return
+        before = self.pipe.share_prefix
+        self.pipe.share_prefix = min(layer for layer, _ in self.config.candidates)
+        try:
+            yield
+        finally:
+            self.pipe.share_prefix = before
 
     def _run(self) -> SearchResult:
         cfg = self.config
