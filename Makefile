@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 PIP_FLAGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test test-slow demo bench clean
+.PHONY: test test-slow check-copies demo bench clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m ""
+
+check-copies: $(VENV)/.installed
+	$(PY) -m headhunter.pipelines._copies
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/headhunter demo --out demo-output

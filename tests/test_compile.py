@@ -122,6 +122,10 @@ def test_a_greedy_round_compiles_a_constant_number_of_graphs(how):
         assert ours["head"] == theirs["head"] and ours["score"] == pytest.approx(theirs["score"], abs=1e-5)
     # twice the candidates, the same graphs
     assert counts["L0-3"] == counts["L0-1"] <= 6, counts
+    if how == "in-place":  # every batch forks at layer 0: 12 calls × 2 steps × (8 + 8 rows) × 4 blocks
+        assert result.block_evaluations == 12 * 2 * 16 * 4
+    else:  # blocks compiled on their own keep each batch's own fork, as eager does
+        assert result.block_evaluations == reference.block_evaluations
     print(f"graphs compiled over a 48-candidate greedy round ({how}): {counts['L0-3']}")
 
 

@@ -169,3 +169,21 @@ def test_flux_callback_embeddings_reach_guided_steps(cfg):
         hook.remove()
     later = seen[1:]  # the forwards of steps 1 and 2, all guided
     assert later and all(torch.equal(x[-1:], replacement["embeds"]) for x in later)
+
+
+def test_skip_layer_guidance_pass_runs_unperturbed_beside_the_perturbation():
+    """SD3's skip-layer guidance calls the transformer a second time per step with only the conditional rows; the
+    installed processors leave that pass alone."""
+    pipe = tiny_pipeline("tiny-sd3")
+    kw = dict(SD3, guidance_scale=3.0, pag_heads="L1H0,L2")
+    slg = dict(skip_guidance_layers=[1], skip_layer_guidance_start=0.0, skip_layer_guidance_stop=1.0)
+    rows = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, k: rows.append(k["hidden_states"].shape[0]), with_kwargs=True)
+    try:
+        with_slg = pipe("a cat", generator=torch.Generator().manual_seed(0), **kw, **slg).images
+    finally:
+        hook.remove()
+    without = pipe("a cat", generator=torch.Generator().manual_seed(0), **kw).images
+    assert 1 in rows and 2 in rows  # the batched [uncond, cond] pass and the skip-layer pass
+    assert not torch.equal(with_slg, without)

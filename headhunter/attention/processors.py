@@ -43,7 +43,8 @@ class _SoftPAGProcessor:
 
     def _perturbs(self, rows: int) -> bool:
         session = self.session
-        if not session.active or rows == session.base_rows:
+        if not session.active or rows <= session.base_rows:
+            # before the fork, or a call with fewer rows than the plan's (SD3's skip-layer guidance pass): stock
             return False
         if rows != session.base_rows + session.perturbed_rows:
             raise RuntimeError(
