@@ -119,7 +119,7 @@ def test_browser_pick_heads_generate_preset_atlas_and_bad_input(server):
 
         # a preset from the workspace
         page.get_by_label("Preset").click()
-        page.get_by_role("option", name=str(workspace / "search-test" / "selected.json")).click()
+        page.get_by_role("option", name="run:search-test").click()
         page.get_by_role("button", name="Use preset").click()
         wait_heads("L1H0,L2H2")
 
@@ -154,7 +154,7 @@ def test_search_tab_yields_heatmaps_and_becomes_a_preset(server):
     status, heatmap, selected, preset = updates[-1]
     assert status.startswith("done") and Path(heatmap).name == "round-1.png"
     assert len(selected.split(",")) == 2
-    assert preset["value"].endswith("selected.json") and preset["value"] in studio.preset_names()
+    assert preset["value"].startswith("run:search-") and preset["value"] in studio.preset_names()
 
 
 def test_stopping_a_search_ends_it_and_keeps_it_resumable(server):

@@ -7,6 +7,7 @@ transformer.
 
 from __future__ import annotations
 
+import re
 import shlex
 import threading
 import time
@@ -44,16 +45,43 @@ class Studio:
         self.default_size = 32 if self.tiny else (512 if self.layout.model_type == "flux" else 1024)
 
     # --- heads ---------------------------------------------------------------------------------------------------
+    # The page takes head specs and preset *names* only — the shipped presets and "run:<name>" for a search run in the
+    # workspace — never a path: on a shared studio a path would read files anywhere on the server, and the message
+    # would tell whether they exist. Names are looked up in listings; nothing a user types reaches the filesystem.
+    RUN_PREFIX = "run:"
+
+    def _workspace_presets(self) -> dict[str, Path]:
+        """``{"run:<folder>": selected.json}`` for the search runs in the workspace."""
+        if not self.workspace.is_dir():
+            return {}
+        return {f"{self.RUN_PREFIX}{path.parent.name}": path for path in sorted(self.workspace.glob("*/selected.json"))}
+
+    def _load_named_preset(self, name: str) -> dict:
+        """A shipped preset or a workspace run by name; ValueError for anything else (a path included)."""
+        runs = self._workspace_presets()
+        if name in runs:
+            return load_preset(runs[name])
+        if name in list_presets():
+            return load_preset(name)
+        raise ValueError(f"{name!r} is neither a head spec (like L13H17) nor one of the presets offered here")
+
+    def resolve_heads(self, text: str) -> HeadSet:
+        """The heads in ``text``: a spec, a shipped preset name or ``run:<name>``; ValueError otherwise."""
+        text = (text or "").strip()
+        if not text or re.match(r"^[Ll]\s*\d", text):
+            return HeadSet.parse(text)
+        return self._load_named_preset(text)["heads"]
+
     def parse_heads(self, text: str) -> HeadSet:
-        """The heads in ``text`` (spec, preset name or selected.json), validated; gr.Error with the reason otherwise."""
+        """The heads in ``text``, validated against the model; gr.Error with the reason otherwise."""
         try:
-            return HeadSet.coerce((text or "").strip()).validate(self.layout)
+            return self.resolve_heads(text).validate(self.layout)
         except ValueError as err:
             raise gr.Error(f"Heads: {err}") from None
 
     def grid(self, text: str) -> Image.Image:
         try:
-            heads = HeadSet.coerce((text or "").strip()).validate(self.layout)
+            heads = self.resolve_heads(text).validate(self.layout)
         except ValueError:
             heads = HeadSet()  # while the user is typing; Generate reports the error
         return grid_image(self.layout, heads)
@@ -70,14 +98,11 @@ class Studio:
         return str(heads), grid_image(self.layout, heads)
 
     def preset_names(self) -> list[str]:
-        """Shipped presets and the workspace's search results whose heads exist in this model."""
-        names = list(list_presets())
-        if self.workspace.is_dir():
-            names += sorted(str(p) for p in self.workspace.glob("*/selected.json"))
+        """Shipped presets and the workspace's search runs (``run:<name>``) whose heads exist in this model."""
         usable = []
-        for name in names:
+        for name in [*list_presets(), *self._workspace_presets()]:
             try:
-                load_preset(name)["heads"].validate(self.layout)
+                self._load_named_preset(name)["heads"].validate(self.layout)
             except ValueError:
                 continue
             usable.append(name)
@@ -87,7 +112,7 @@ class Studio:
         if not name:
             raise gr.Error("Choose a preset")
         try:
-            preset = load_preset(name)
+            preset = self._load_named_preset(name)
             heads = preset["heads"].validate(self.layout)
         except ValueError as err:
             raise gr.Error(f"Preset: {err}") from None
@@ -233,9 +258,10 @@ class Studio:
             raise gr.Error(f"Search failed: {err}")
         result = state["result"]
         heatmap = self._latest_heatmap(run_dir)
-        yield (f"done: {result.images_generated} images; preset saved to {run_dir / 'selected.json'}",
+        name = f"{self.RUN_PREFIX}{run_dir.name}"
+        yield (f"done: {result.images_generated} images; the heads are the preset {name}",
                str(heatmap) if heatmap else None, str(result.selected),
-               gr.update(choices=self.preset_names(), value=str(run_dir / "selected.json")))
+               gr.update(choices=self.preset_names(), value=name))
 
     @staticmethod
     def _latest_heatmap(run_dir: Path) -> Path | None:

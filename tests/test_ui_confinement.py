@@ -1,0 +1,69 @@
+"""The studio's Heads field and preset menu take head specs and preset names, never a path: whatever is typed, nothing
+outside the workspace is read, and the message does not reveal whether a file exists."""
+
+import builtins
+import json
+import pathlib
+
+import pytest
+
+gr = pytest.importorskip("gradio", reason="the studio needs the ui extra (gradio)")
+
+from headhunter.heads import save_preset  # noqa: E402
+from headhunter.testing import tiny_pipeline  # noqa: E402
+from headhunter.ui import Studio  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    root = tmp_path_factory.mktemp("confinement")
+    workspace = root / "workspace"
+    (workspace / "search-a").mkdir(parents=True)
+    save_preset(workspace / "search-a" / "selected.json", "L1H0,L2H2", model="tiny-sd3")
+    outside = root / "outside.json"  # a valid preset file, but not the studio's
+    save_preset(outside, "L0H1", model="tiny-sd3")
+    studio = Studio(tiny_pipeline("tiny-sd3"), "tiny-sd3", workspace)
+    studio.outside = outside
+    return studio
+
+
+def test_specs_shipped_and_workspace_presets_are_accepted(studio):
+    assert str(studio.parse_heads("L1H0, l2h1@0.5")) == "L1H0,L2H1@0.5"
+    assert "run:search-a" in studio.preset_names()
+    assert str(studio.parse_heads("run:search-a")) == "L1H0,L2H2"
+    assert studio.apply_preset("run:search-a")[0] == "L1H0,L2H2"
+
+
+def _attempts(studio):
+    existing, missing = str(studio.outside), str(studio.outside.with_name("missing.json"))
+    workspace_file = str(studio.workspace / "search-a" / "selected.json")  # a path, even to the studio's own file
+    return [existing, missing, workspace_file, "/etc/passwd", "/etc/hostname", "../outside.json", "~/x.json",
+            "run:../outside", "run:search-a/../../outside", "run:/etc/passwd", "selected.json", "file:///etc/passwd"]
+
+
+def test_paths_and_traversal_are_refused_without_touching_the_filesystem(studio, monkeypatch):
+    opened = []
+    real_open, real_read = builtins.open, pathlib.Path.read_text
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
+    monkeypatch.setattr(pathlib.Path, "read_text", lambda p, *a, **k: (opened.append(str(p)), real_read(p, *a, **k))[1])
+    for text in _attempts(studio):
+        for action in (studio.parse_heads, studio.apply_preset):
+            opened.clear()
+            with pytest.raises(gr.Error) as err:
+                action(text)
+            # one message whatever the path: the input echoed, nothing about the file
+            message = str(err.value.message if hasattr(err.value, "message") else err.value).replace(repr(text), "X")
+            assert message.endswith("X is neither a head spec (like L13H17) nor one of the presets offered here"), message
+            assert not [p for p in opened if str(studio.workspace) not in p and "presets" not in p], opened
+        assert studio.grid(text) is not None  # the grid stays empty, no error, no read
+
+
+def test_the_same_message_for_an_existing_and_a_missing_file(studio):
+    existing, missing = str(studio.outside), str(studio.outside.with_name("missing.json"))
+    messages = []
+    for text in (existing, missing):
+        with pytest.raises(gr.Error) as err:
+            studio.parse_heads(text)
+        messages.append(str(err.value.message if hasattr(err.value, "message") else err.value).replace(text, "X"))
+    assert messages[0] == messages[1]
+    assert json.loads(studio.outside.read_text())["heads"] == "L0H1"  # it is a valid preset, still refused
