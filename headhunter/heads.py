@@ -30,6 +30,7 @@ __all__ = [
     "PRESET_FORMAT",
     "list_presets",
     "load_preset",
+    "preset_family",
     "save_preset",
     "unwrap_compiled",
 ]
@@ -381,13 +382,22 @@ def _compress(heads: list[Head]) -> list[str]:
 
 
 # presets ----------------------------------------------------------------------------------------------------------
-def list_presets() -> dict[str, dict]:
-    """Presets shipped in ``headhunter/presets``: ``{name: preset}`` (see :func:`load_preset`)."""
+def preset_family(model: str, layout: "HeadLayout") -> str:
+    """The preset family of a model: its layout's type (``"sd3"``, ``"flux"``), prefixed ``tiny-`` for the tiny
+    offline models (their few heads are not the real models')."""
+    return ("tiny-" if str(model).lower().startswith("tiny-") else "") + layout.model_type
+
+
+def list_presets(family: str | None = None) -> dict[str, dict]:
+    """Presets shipped in ``headhunter/presets``: ``{name: preset}`` (see :func:`load_preset`); with ``family``
+    (``"sd3"``, ``"flux"``, ``"tiny-sd3"``, ``"tiny-flux"``) only the presets made for that model family."""
     folder = resources.files("headhunter") / "presets"
     found = {}
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
-            found[entry.name[: -len(".json")]] = _read_preset(json.loads(entry.read_text()), entry.name)
+            preset = _read_preset(json.loads(entry.read_text()), entry.name)
+            if family is None or preset.get("family") == family:
+                found[entry.name[: -len(".json")]] = preset
     return found
 
 
@@ -429,13 +439,18 @@ def save_preset(
     heads: HeadSetLike,
     *,
     model: str | None = None,
+    family: str | None = None,
     pag_scale: float | None = None,
     pag_softness: float | None = None,
     description: str = "",
     source: str = "",
 ) -> Path:
-    """Write a preset file in the ``headhunter.heads/1`` format."""
-    data: dict[str, Any] = {"format": PRESET_FORMAT, "model": model, "heads": str(HeadSet.coerce(heads))}
+    """Write a preset file in the ``headhunter.heads/1`` format. ``family`` (``"sd3"``, ``"flux"``, ...) says which
+    models it is for: the studio offers a preset only to its family."""
+    data: dict[str, Any] = {"format": PRESET_FORMAT, "model": model}
+    if family is not None:
+        data["family"] = family
+    data["heads"] = str(HeadSet.coerce(heads))
     if pag_scale is not None:
         data["pag_scale"] = float(pag_scale)
     if pag_softness is not None:

@@ -96,10 +96,17 @@ def test_layout_from_tiny_transformers(sd3_components, flux_components):
 def test_shipped_presets_are_valid_and_sourced():
     presets = list_presets()
     assert {"sd3-shadow", "sd3-lighting", "flux-golden-hour", "flux-vintage-film"} <= set(presets)
+    tiny = {"tiny-sd3": HeadLayout("sd3", 3, 4, 8), "tiny-flux": HeadLayout("flux", 5, 2, 16, num_double_layers=3)}
     for name, preset in presets.items():
-        layout = SD3 if name.startswith("sd3") else FLUX
+        assert name.startswith(preset["family"])  # every shipped preset says which models it is for
+        if preset["family"] in tiny:  # something to click on the offline models, and said to mean nothing
+            preset["heads"].validate(tiny[preset["family"]])
+            assert "random weights" in preset["source"]
+            continue
+        layout = SD3 if preset["family"] == "sd3" else FLUX
         preset["heads"].validate(layout)
         assert preset["source"] and "2506.10978" in preset["source"]
+    assert set(list_presets("flux")) == {n for n in presets if n.startswith("flux-")}
     assert load_preset("sd3-shadow")["heads"] == HeadSet.parse("L13H17")
     assert HeadSet.coerce("flux-golden-hour") == HeadSet.parse("L38H18")
 

@@ -234,6 +234,7 @@ def test_config_records_dtype_device_and_versions_and_refuses_a_dtype_change(tmp
     run_search(fp32, tmp_path, rounds=1, candidates="L0H0-1", top_k=1)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["dtype"] == "float32" and config["model"]
+    assert json.loads((tmp_path / "selected.json").read_text())["family"] == "sd3"  # offered to SD3 studios only
     assert config["environment"] == {"device_type": "cpu", "headhunter": headhunter.__version__,
                                      "diffusers": diffusers.__version__, "torch": torch.__version__}
     bf16 = tiny_pipeline("tiny-sd3").to(dtype=torch.bfloat16)

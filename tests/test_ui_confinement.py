@@ -67,3 +67,21 @@ def test_the_same_message_for_an_existing_and_a_missing_file(studio):
         messages.append(str(err.value.message if hasattr(err.value, "message") else err.value).replace(text, "X"))
     assert messages[0] == messages[1]
     assert json.loads(studio.outside.read_text())["heads"] == "L0H1"  # it is a valid preset, still refused
+
+
+def test_presets_are_offered_to_their_model_family_only(tmp_path):
+    sd3 = Studio(tiny_pipeline("tiny-sd3"), "tiny-sd3", tmp_path)
+    flux = Studio(tiny_pipeline("tiny-flux"), "tiny-flux", tmp_path)
+    assert sd3.preset_names() == ["tiny-sd3-demo", "tiny-sd3-layer1"]
+    assert flux.preset_names() == ["tiny-flux-demo"]
+    # a FLUX.1-sized head layout, where SD3's presets would validate (L13H17 exists there too): not offered
+    real_flux = Studio(tiny_pipeline("tiny-flux", num_layers=19, num_single_layers=38, num_heads=24),
+                       "black-forest-labs/FLUX.1-dev", tmp_path)
+    offered = real_flux.preset_names()
+    assert "flux-golden-hour" in offered and not [n for n in offered if not n.startswith("flux-")]
+    with pytest.raises(gr.Error):
+        real_flux.parse_heads("sd3-shadow")
+    # a search run made on another model family is not offered either
+    (tmp_path / "search-sd3").mkdir()
+    save_preset(tmp_path / "search-sd3" / "selected.json", "L1H0", model="tiny-sd3", family="tiny-sd3")
+    assert "run:search-sd3" in sd3.preset_names() and "run:search-sd3" not in flux.preset_names()

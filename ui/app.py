@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from headhunter.heads import Head, HeadSet, list_presets, load_preset
+from headhunter.heads import Head, HeadSet, list_presets, load_preset, preset_family
 from headhunter.search import HeadHunter, SearchCancelled
 
 from .grid import grid_image, head_at
@@ -40,6 +40,7 @@ class Studio:
         self.layout = pipe.head_layout
         self.workspace = Path(workspace)
         self.tiny = model_name.lower().startswith("tiny-")
+        self.family = preset_family(model_name, self.layout)
         self.lock = threading.Lock()
         self.default_steps = 2 if self.tiny else (15 if self.layout.model_type == "flux" else 28)
         self.default_size = 32 if self.tiny else (512 if self.layout.model_type == "flux" else 1024)
@@ -61,7 +62,7 @@ class Studio:
         runs = self._workspace_presets()
         if name in runs:
             return load_preset(runs[name])
-        if name in list_presets():
+        if name in list_presets(self.family):
             return load_preset(name)
         raise ValueError(f"{name!r} is neither a head spec (like L13H17) nor one of the presets offered here")
 
@@ -98,11 +99,14 @@ class Studio:
         return str(heads), grid_image(self.layout, heads)
 
     def preset_names(self) -> list[str]:
-        """Shipped presets and the workspace's search runs (``run:<name>``) whose heads exist in this model."""
+        """The shipped presets of this model's family and the workspace's search runs (``run:<name>``) made for it."""
         usable = []
-        for name in [*list_presets(), *self._workspace_presets()]:
+        for name in [*list_presets(self.family), *self._workspace_presets()]:
             try:
-                self._load_named_preset(name)["heads"].validate(self.layout)
+                preset = self._load_named_preset(name)
+                if preset.get("family", self.family) != self.family:
+                    continue  # a search run on another model
+                preset["heads"].validate(self.layout)
             except ValueError:
                 continue
             usable.append(name)

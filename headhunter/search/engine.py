@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..distributed import process_info
-from ..heads import Head, HeadLayout, HeadSet, PRESET_FORMAT
+from ..heads import PRESET_FORMAT, Head, HeadLayout, HeadSet, preset_family
 from .config import SearchConfig, prompt_seed_pairs, spread_order
 from .heatmap import heatmap_image
 from .store import RunStore
@@ -406,6 +406,7 @@ class HeadHunter:
         preset = {
             "format": PRESET_FORMAT,
             "model": cfg.model,
+            "family": preset_family(cfg.model, self.layout),
             "heads": str(result.selected),
             "pag_scale": cfg.pag_scale,
             "pag_softness": cfg.pag_softness,
