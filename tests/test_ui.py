@@ -199,3 +199,28 @@ def test_python_snippet_and_command_line_regenerate_the_guided_image(server, tmp
     [png] = tmp_path.glob("*.png")
     diff = np.abs(np.asarray(Image.open(png).convert("RGB")).astype(int) - np.asarray(guided).astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_shown_images_are_lossless_and_downloads_carry_their_settings(server):
+    """The compare view's pixels are PNG, equal to what the page's own Python snippet makes, and the two downloads
+    carry the CLI's metadata (read back here)."""
+    from gradio_client import Client
+
+    from headhunter.metadata import read_settings
+
+    url, _, _ = server
+    settings = ["a red fox", "", 5, 2, 32, 1.0, 3.0, 0.5, "identity", "joint", 0.0, 1.0]
+    slider, _, _, python, _, files = Client(url, verbose=False).predict(*settings, "L0H1,L2", api_name="/generate")
+    paths = [p if isinstance(p, str) else p["path"] for p in slider]
+    assert all(Image.open(p).format == "PNG" for p in paths)
+    shown = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    namespace = {}
+    exec(python, namespace)  # the snippet as the page shows it: it makes the guided image
+    np.testing.assert_array_equal(np.asarray(namespace["image"].convert("RGB")), shown[1])
+    downloads = sorted((f if isinstance(f, str) else f["path"] for f in files), key=lambda p: p.rsplit("/", 1)[-1])
+    assert [p.rsplit("-", 1)[-1] for p in downloads] == ["guided.png", "unguided.png"]
+    guided, unguided = (read_settings(p) for p in downloads)
+    assert guided["pag_heads"] == "L0H1,L2" and unguided["pag_heads"] is None
+    assert (guided["prompt"], guided["seed"], guided["pag_softness"], guided["num_inference_steps"]) == ("a red fox", 5, 0.5, 2)
+    np.testing.assert_array_equal(np.asarray(Image.open(downloads[0]).convert("RGB")), shown[1])
+    np.testing.assert_array_equal(np.asarray(Image.open(downloads[1]).convert("RGB")), shown[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tempfile
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ import torch
 from PIL import Image
 
 from headhunter.heads import Head, HeadSet, list_presets, load_preset, preset_family
+from headhunter.metadata import save_png
 from headhunter.search import HeadHunter, SearchCancelled
 
 from .grid import grid_image, head_at
@@ -164,7 +166,18 @@ class Studio:
             diff_image = diff_image.resize((diff_image.width * factor, diff_image.height * factor), Image.NEAREST)
         python, cli = self.snippets(prompt, int(seed), heads, kwargs)
         note = f"|guided − unguided|, amplified ×{gain:.1f}; mean change {diff.mean():.2f} of 255"
-        return (unguided, guided), diff_image, note, python, cli
+        files = self.save_pair(prompt, int(seed), heads, kwargs, unguided, guided)
+        return (unguided, guided), diff_image, note, python, cli, files
+
+    def save_pair(self, prompt: str, seed: int, heads: HeadSet, kwargs: dict, unguided: Image.Image,
+                  guided: Image.Image) -> list[str]:
+        """Both images as PNGs carrying their full settings (the CLI's metadata), for download."""
+        folder = Path(tempfile.mkdtemp(prefix="headhunter-studio-"))
+        base = {"model": self.model_name, "prompt": prompt, "seed": seed,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
+        stem = f"{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')[:40] or 'image'}-s{seed}"
+        return [str(save_png(unguided, folder / f"{stem}-unguided.png", {**base, "pag_heads": None})),
+                str(save_png(guided, folder / f"{stem}-guided.png", {**base, "pag_heads": str(heads)}))]
 
     def snippets(self, prompt: str, seed: int, heads: HeadSet, kwargs: dict) -> tuple[str, str]:
         """The settings as Python (runnable as is) and as a ``headhunter generate`` line."""
@@ -304,8 +317,13 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Column(scale=1):
                 with gr.Tab("Generate"):
                     run = gr.Button("Generate", variant="primary")
-                    compare = gr.ImageSlider(label="Unguided | guided", type="pil", elem_id="compare", height=360)
-                    diff = gr.Image(label="Absolute difference", type="pil", elem_id="difference", height=240)
+                    # PNG, not the default WebP: what the page shows is what the pipeline made
+                    compare = gr.ImageSlider(label="Unguided | guided", type="pil", elem_id="compare", height=360,
+                                             format="png")
+                    diff = gr.Image(label="Absolute difference", type="pil", elem_id="difference", height=240,
+                                    format="png")
+                    downloads = gr.File(label="Download: unguided and guided PNG, settings in their metadata",
+                                        file_count="multiple", elem_id="downloads")
                     diff_note = gr.Markdown()
                     python = gr.Code(label="Python", language="python")
                     cli = gr.Textbox(label="Command line")
@@ -335,7 +353,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         # typing re-draws the grid; programmatic updates (clicks, presets) send their own grid
         heads.input(studio.grid, [heads], [grid], concurrency_limit=None, show_progress="hidden")
         use_preset.click(studio.apply_preset, [preset], [heads, pag_scale, softness, grid], concurrency_limit=None)
-        run.click(studio.generate, [*settings, heads], [compare, diff, diff_note, python, cli], concurrency_id="pipeline")
+        run.click(studio.generate, [*settings, heads], [compare, diff, diff_note, python, cli, downloads],
+                  concurrency_id="pipeline")
         atlas_run.click(studio.atlas, [*settings, layer], [gallery], concurrency_id="pipeline")
         gallery.select(studio.atlas_pick, [heads], [heads, grid], concurrency_limit=None)
         searching = search_run.click(studio.search, [objective, style, contents, seeds, top_k, rounds, steps, size,
