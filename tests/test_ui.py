@@ -188,8 +188,8 @@ def test_python_snippet_and_command_line_regenerate_the_guided_image(server, tmp
     from headhunter.cli import main
 
     _, studio, _ = server
-    (unguided, guided), _, _, python, cli = studio.generate("a red fox", "", 5, 2, 32, 1.0, 2.0, 0.5, "uniform", "joint",
-                                                            0.0, 1.0, "L1H2,L0")
+    (unguided, guided), _, _, python, cli, _ = studio.generate("a red fox", "", 5, 2, 32, 1.0, 2.0, 0.5, "uniform",
+                                                               "joint", 0.0, 1.0, "L1H2,L0")
     namespace = {}
     exec(compile(python, "snippet", "exec"), namespace)
     diff = np.abs(np.asarray(namespace["image"]).astype(int) - np.asarray(guided).astype(int))
@@ -216,7 +216,10 @@ def test_shown_images_are_lossless_and_downloads_carry_their_settings(server):
     shown = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     namespace = {}
     exec(python, namespace)  # the snippet as the page shows it: it makes the guided image
-    np.testing.assert_array_equal(np.asarray(namespace["image"].convert("RGB")), shown[1])
+    # lossless: the only difference left is the studio batching guided with unguided (~1e-6, which can move a pixel
+    # across an 8-bit level), where WebP display differed by 21/255 on average
+    diff = np.abs(np.asarray(namespace["image"].convert("RGB")).astype(int) - shown[1].astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
     downloads = sorted((f if isinstance(f, str) else f["path"] for f in files), key=lambda p: p.rsplit("/", 1)[-1])
     assert [p.rsplit("-", 1)[-1] for p in downloads] == ["guided.png", "unguided.png"]
     guided, unguided = (read_settings(p) for p in downloads)
