@@ -5,7 +5,9 @@ later call: one SoftPAG processor per layer and the fork hooks, all the same Pyt
 installs them once per call (not per step), loads the call's plan into the session, switches the perturbed branch on
 and off per step (:attr:`PerturbationSession.active`), and restores the stock processors and removes the hooks when
 the call ends or raises. Reusing the objects is what lets a compiled transformer keep its graphs from call to call:
-torch.compile guards on the identity of the processors and hooks and on the plan's shapes, never on its values.
+torch.compile guards on the processors' types and on the Python values they and the hooks read (the plan's shapes,
+which blocks fork), never on the plan's tensor values; it does not guard on a module's hooks at all, which is why every
+block carries its hook in every perturbed call and the hook itself decides whether to fork.
 
 A transformer that is compiled (``torch.compile(t)``, ``t.compile()`` or ``compile_repeated_blocks()``) gets a
 processor on every layer, so the set of installed processors does not change with the heads either; an eager one
