@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["UsageError", "check_writable_dir", "import_modules", "non_negative_float", "parse_interval", "parse_option", "parse_seeds",
-           "parse_size", "positive_int", "read_prompt_list", "run_target", "unique_path"]
+__all__ = ["UsageError", "check_writable_dir", "import_modules", "non_negative_float", "parse_interval", "parse_option",
+           "parse_seeds", "parse_size", "positive_int", "read_prompt_list", "run_target", "unique_path"]
 
 
 class UsageError(Exception):
