@@ -3,7 +3,9 @@
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -157,22 +159,72 @@ def test_search_tab_yields_heatmaps_and_becomes_a_preset(server):
     assert preset["value"].startswith("run:search-") and preset["value"] in studio.preset_names()
 
 
-def test_stopping_a_search_ends_it_and_keeps_it_resumable(server):
+def _wait_for_scores(workspace, runs_before, at_least, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = set(workspace.glob("search-*")) - runs_before
+        if runs:
+            count = sum(len(p.read_text().splitlines()) for p in next(iter(runs)).glob("scores*.jsonl"))
+            if count >= at_least:
+                return next(iter(runs)), count
+        time.sleep(0.05)
+    raise AssertionError("the search scored nothing")
+
+
+def _scores(run_dir):
+    return sum(len(p.read_text().splitlines()) for p in run_dir.glob("scores*.jsonl"))
+
+
+def test_stop_ends_this_sessions_search_after_the_batch_in_flight(server):
     _, studio, workspace = server
     runs_before = set(workspace.glob("search-*"))
-    searching = studio.search("colorfulness", "", "a parrot\na boat\na bird", "0,1,2", 1, 3, 2, 32, 3.0)
-    next(searching)  # the first heat map: round 0 is done
-    searching.close()  # what Gradio does when the Stop button cancels the event
-    [run_dir] = set(workspace.glob("search-*")) - runs_before
-    assert studio.lock.acquire(timeout=30)  # the search finished its batch in flight and freed the pipeline
-    studio.lock.release()
-    log = run_dir / "scores.jsonl"
-    lines = len(log.read_text().splitlines())
-    import time
-
+    me, other = SimpleNamespace(session_hash="user-a"), SimpleNamespace(session_hash="user-b")
+    searching = studio.search("colorfulness", "", "a parrot\na boat\na bird", "0,1,2", 1, 3, 2, 32, 3.0, request=me)
+    updates = []
+    worker = threading.Thread(target=lambda: updates.extend(searching))
+    worker.start()
+    run_dir, _ = _wait_for_scores(workspace, runs_before, 8)
+    studio.stop_search(other)  # another user's Stop does not touch this search
+    time.sleep(0.5)
+    at_stop = _scores(run_dir)
+    assert at_stop > 8
+    studio.stop_search(me)
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    after = _scores(run_dir)
+    assert after <= at_stop + 8  # the batch in flight (8 images) at most
     time.sleep(1.0)
-    assert len(log.read_text().splitlines()) == lines  # nothing ran after the stop
-    assert lines < 12 * 9 + 11 * 9 + 10 * 9  # well before the end of the search
+    assert _scores(run_dir) == after  # nothing runs after it
+    status = updates[-1][0]
+    assert status.startswith("stopped — resumable") and f"{after} of 297 images" in status
+    assert any(u[0].startswith("running… ") and " / 297 images" in u[0] for u in updates)  # live progress
+    # resumable: the same search in the same run directory picks up where it stopped
+    from headhunter.search import HeadHunter
+
+    again = HeadHunter(studio.pipe, "colorfulness", ["a parrot", "a boat", "a bird"], [0, 1, 2], 1, 3, run_dir,
+                       num_inference_steps=2, height=32, width=32, pag_scale=3.0, model_name="tiny-sd3", progress=False)
+    again.store.check_config()  # the same search: it would resume, not be refused
+    assert len(again.store.load()) == after  # with every image scored so far
+
+
+def test_an_image_waits_for_at_most_the_batch_in_flight_of_a_search(server):
+    _, studio, workspace = server
+    runs_before = set(workspace.glob("search-*"))
+    me = SimpleNamespace(session_hash="searcher")
+    searching = studio.search("colorfulness", "", "a parrot\na boat\na bird", "0,1,2", 1, 3, 2, 32, 3.0, request=me)
+    worker = threading.Thread(target=lambda: list(searching))
+    worker.start()
+    try:
+        run_dir, _ = _wait_for_scores(workspace, runs_before, 8)
+        before = _scores(run_dir)
+        (unguided, guided), *_ = studio.generate("a red fox", "", 0, 2, 32, 1.0, 3.0, 1.0, "identity", "joint", 0.0,
+                                                 1.0, "L1H0")
+        during = _scores(run_dir) - before
+        assert during <= 16, during  # the batch in flight (and its scoring), not the rest of the search
+        assert guided.size == (32, 32)
+    finally:
+        studio.stop_search(me)
+        worker.join(timeout=60)
 
 
 def test_ui_command_rejects_a_bad_port(capsys):
@@ -227,3 +279,33 @@ def test_shown_images_are_lossless_and_downloads_carry_their_settings(server):
     assert (guided["prompt"], guided["seed"], guided["pag_softness"], guided["num_inference_steps"]) == ("a red fox", 5, 0.5, 2)
     np.testing.assert_array_equal(np.asarray(Image.open(downloads[0]).convert("RGB")), shown[1])
     np.testing.assert_array_equal(np.asarray(Image.open(downloads[1]).convert("RGB")), shown[0])
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (installed by .ci/run)")
+def test_closing_the_page_stops_its_search(server):
+    sync_playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)").sync_playwright
+    url, studio, workspace = server
+    runs_before = set(workspace.glob("search-*"))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Search").click()
+        page.get_by_label("Content prompts").fill("a parrot\na boat\na bird\na house\na tree")
+        page.get_by_label("Seeds").fill("0,1,2,3,4,5")
+        page.get_by_label("Rounds").fill("3")
+        page.get_by_role("button", name="Search", exact=True).click()
+        page.get_by_text("running…").first.wait_for(timeout=60000)
+        run_dir, _ = _wait_for_scores(workspace, runs_before, 8)
+        page.close()  # the user closes the tab
+        browser.close()
+    deadline = time.time() + 30
+    last, still = _scores(run_dir), 0
+    while time.time() < deadline and still < 3:  # wait until nothing is written for 1.5 s
+        time.sleep(0.5)
+        now = _scores(run_dir)
+        still, last = (still + 1, now) if now == last else (0, now)
+    assert still >= 3, "the search kept running after its page closed"
+    assert last < (12 + 10 + 8) * 30  # far from the end of the search

@@ -1,8 +1,9 @@
 """The headhunter studio: generate with hand-picked heads, browse what each head of a layer does, run a short search.
 
-Every request carries its own settings (no state is shared between users); the pipeline is used by one request at a
-time (a lock, plus Gradio's queue with one worker), because a call swaps attention processors on the shared
-transformer.
+Every request carries its own settings (no state is shared between users). The pipeline serialises its calls on the
+shared transformer (a call swaps attention processors), serving waiting calls in arrival order; a search takes it one
+batch at a time, so a user's image waits at most for the batch in flight. Each browser session can stop only its own
+search (Stop, or closing the page).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class Studio:
         self.workspace = Path(workspace)
         self.tiny = model_name.lower().startswith("tiny-")
         self.family = preset_family(model_name, self.layout)
-        self.lock = threading.Lock()
+        # per browser session: the stop switch of its running search (a user's Stop or closed page ends only theirs)
+        self._stops: dict[str, threading.Event] = {}
+        self._sessions_guard = threading.Lock()
         self.default_steps = 2 if self.tiny else (15 if self.layout.model_type == "flux" else 28)
         self.default_size = 32 if self.tiny else (512 if self.layout.model_type == "flux" else 1024)
 
@@ -144,11 +147,10 @@ class Studio:
     def _run(self, prompts: list[str], seeds: list[int], plans: list, kwargs: dict) -> list[Image.Image]:
         generators = [torch.Generator(device="cpu" if self.pipe.device.type == "cpu" else self.pipe.device).manual_seed(s)
                       for s in seeds]
-        with self.lock:
-            try:
-                return self.pipe(prompts, generator=generators, pag_heads=plans, **kwargs).images
-            except ValueError as err:
-                raise gr.Error(str(err)) from None
+        try:  # the pipeline serialises calls on its transformer, in arrival order
+            return self.pipe(prompts, generator=generators, pag_heads=plans, **kwargs).images
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
 
     def generate(self, prompt: str, negative: str, seed: float, steps: float, size: float, cfg: float,
                  pag_scale: float, softness: float, target: str, scope: str, start: float, end: float, heads_text: str):
@@ -229,61 +231,104 @@ class Studio:
 
     # --- search --------------------------------------------------------------------------------------------------
     def search(self, objective: str, style: str, contents: str, seeds: str, top_k: float, rounds: float, steps: float,
-               size: float, pag_scale: float, progress: gr.Progress = gr.Progress(track_tqdm=True)):
-        """A short HeadHunter search; yields (status, latest heat map, selected heads) while it runs."""
+               size: float, pag_scale: float, request: gr.Request | None = None):
+        """A short HeadHunter search; yields (status, latest heat map, selected heads, preset menu) while it runs.
+
+        It takes the pipeline one batch at a time (other users' images go between batches), and stops after the batch
+        in flight when this session presses Stop or closes the page (:meth:`stop_search`)."""
         prompts = [line.strip() for line in (contents or "").splitlines() if line.strip()]
         if not prompts:
             raise gr.Error("Content prompts: give at least one, one per line")
         if style and style.strip():
             prompts = [f"{style.strip()}, {p}" for p in prompts]
         try:
-            seed_list = [int(s) for s in str(seeds).split(",") if s.strip()]
+            seed_list = [int(s) for s in str(seeds).split(",") if s.strip()] or [0]
         except ValueError:
             raise gr.Error("Seeds: integers joined by commas, e.g. 0,1") from None
         run_dir = self.workspace / f"search-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        name = f"{self.RUN_PREFIX}{run_dir.name}"
         stop = threading.Event()
+        with self._sessions_guard:
+            self._stops[_session(request)] = stop
         state: dict[str, Any] = {}
+        try:
+            hunter = HeadHunter(
+                self.pipe, objective, prompts, seed_list, int(top_k), int(rounds), run_dir,
+                num_inference_steps=int(steps), height=int(size), width=int(size), pag_scale=float(pag_scale),
+                batch_size=8, model_name=self.model_name, should_stop=stop.is_set, progress=False,
+                extra_call_kwargs={"max_sequence_length": 48} if self.tiny and self.layout.model_type == "flux" else None,
+            )
+        except ValueError as err:
+            raise gr.Error(f"Search: {err}") from None
+        total = _greedy_images(len(hunter.config.candidates), len(hunter.config.pairs), hunter.config.top_k,
+                               hunter.config.rounds)
 
         def work() -> None:
             try:
-                with self.lock:
-                    state["result"] = HeadHunter(
-                        self.pipe, objective, prompts, seed_list or [0], int(top_k), int(rounds), run_dir,
-                        num_inference_steps=int(steps), height=int(size), width=int(size), pag_scale=float(pag_scale),
-                        batch_size=8, model_name=self.model_name, should_stop=stop.is_set,
-                        extra_call_kwargs={"max_sequence_length": 48} if self.tiny and self.layout.model_type == "flux" else None,
-                    ).run()
+                state["result"] = hunter.run()
             except Exception as err:  # reported in the page below
                 state["error"] = err
 
         thread = threading.Thread(target=work, daemon=True)
+        started = time.perf_counter()
         thread.start()
-        shown = None
         try:
-            while thread.is_alive() or shown != self._latest_heatmap(run_dir):
-                latest = self._latest_heatmap(run_dir)
-                if latest is not None and latest != shown:
-                    shown = latest
-                    yield f"running… round {latest.stem.split('-')[-1]} done", str(latest), gr.skip(), gr.skip()
-                thread.join(timeout=0.2)
+            while thread.is_alive():
+                thread.join(timeout=0.5)
+                yield self._progress(run_dir, total, started), self._heatmap_value(run_dir), gr.skip(), gr.skip()
         finally:
-            stop.set()  # a cancelled event (Stop button, closed page) ends the search after its current batch
-        if "error" in state:
-            err = state["error"]
-            if isinstance(err, SearchCancelled):
-                raise gr.Error(str(err))
-            raise gr.Error(f"Search failed: {err}")
+            stop.set()  # the generator closed (page gone, event cancelled): end after the batch in flight
+            thread.join()
+            with self._sessions_guard:
+                if self._stops.get(_session(request)) is stop:
+                    del self._stops[_session(request)]
+        error = state.get("error")
+        if isinstance(error, SearchCancelled):
+            yield (f"stopped — resumable: {_count_scores(run_dir)} of {total} images scored, kept in {run_dir}",
+                   self._heatmap_value(run_dir), gr.skip(), gr.skip())
+            return
+        if error is not None:
+            raise gr.Error(f"Search failed: {error}")
         result = state["result"]
-        heatmap = self._latest_heatmap(run_dir)
-        name = f"{self.RUN_PREFIX}{run_dir.name}"
         yield (f"done: {result.images_generated} images; the heads are the preset {name}",
-               str(heatmap) if heatmap else None, str(result.selected),
-               gr.update(choices=self.preset_names(), value=name))
+               self._heatmap_value(run_dir), str(result.selected), gr.update(choices=self.preset_names(), value=name))
+
+    def stop_search(self, request: gr.Request | None = None) -> None:
+        """Stop this session's search after the batch in flight (the Stop button, and closing the page)."""
+        with self._sessions_guard:
+            stop = self._stops.get(_session(request))
+        if stop is not None:
+            stop.set()
+
+    def _progress(self, run_dir: Path, total: int, started: float) -> str:
+        done = _count_scores(run_dir)
+        elapsed = time.perf_counter() - started
+        line = f"running… {done} / {total} images, {elapsed:.0f} s"
+        if done:
+            line += f", about {elapsed / done * (total - done):.0f} s to go"
+        return line
+
+    def _heatmap_value(self, run_dir: Path) -> Any:
+        latest = self._latest_heatmap(run_dir)
+        return str(latest) if latest is not None else gr.skip()
 
     @staticmethod
     def _latest_heatmap(run_dir: Path) -> Path | None:
         maps = sorted((run_dir / "heatmaps").glob("round-*.png"), key=lambda p: int(p.stem.split("-")[-1]))
         return maps[-1] if maps else None
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
+def _greedy_images(candidates: int, pairs: int, top_k: int, rounds: int) -> int:
+    """Images a greedy search generates: every remaining candidate on every pair, each round."""
+    return sum((candidates - r * top_k) * pairs for r in range(rounds))
+
+
+def _count_scores(run_dir: Path) -> int:
+    return sum(len(path.read_text().splitlines()) for path in run_dir.glob("scores*.jsonl"))
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -357,10 +402,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                   concurrency_id="pipeline")
         atlas_run.click(studio.atlas, [*settings, layer], [gallery], concurrency_id="pipeline")
         gallery.select(studio.atlas_pick, [heads], [heads, grid], concurrency_limit=None)
-        searching = search_run.click(studio.search, [objective, style, contents, seeds, top_k, rounds, steps, size,
-                                                     pag_scale], [status, heatmap, found, preset],
-                                     concurrency_id="pipeline")
-        search_stop.click(None, None, None, cancels=[searching])
+        # a search has its own queue slot: it takes the pipeline one batch at a time, so images go in between
+        search_run.click(studio.search, [objective, style, contents, seeds, top_k, rounds, steps, size, pag_scale],
+                         [status, heatmap, found, preset], concurrency_id="search", concurrency_limit=1)
+        search_stop.click(studio.stop_search, None, None, concurrency_limit=None)
+        app.unload(studio.stop_search)  # a closed page stops its search
         use_found.click(lambda text: (text, studio.grid(text)), [found], [heads, grid], concurrency_limit=None)
     app.queue(default_concurrency_limit=1)
     return app
