@@ -40,6 +40,13 @@ def server(tmp_path_factory):
     app.close()
 
 
+def launch_chromium(playwright):
+    """Debian's chromium, headless, with nothing reaching out to the network."""
+    return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"])
+
+
 def test_binds_loopback_by_default():
     import inspect
 
@@ -84,9 +91,7 @@ def test_browser_pick_heads_generate_preset_atlas_and_bad_input(server):
     url, studio, workspace = server
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
         page.goto(url)
         page.get_by_label("Prompt", exact=True).fill("a red fox")
@@ -287,9 +292,7 @@ def test_closing_the_page_stops_its_search(server):
     url, studio, workspace = server
     runs_before = set(workspace.glob("search-*"))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.goto(url)
         page.get_by_role("tab", name="Search").click()
