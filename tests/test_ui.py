@@ -148,6 +148,10 @@ def test_browser_pick_heads_generate_preset_atlas_and_bad_input(server):
         page.get_by_role("button", name="Generate", exact=True).click()
         page.get_by_text("L9H9: layer 9 is out of range").first.wait_for(timeout=15000)
         page.screenshot(path=str(ARTIFACTS / "studio-error.png"), full_page=True)
+        # the message does not wipe the last good result: both images and the command line stay
+        assert page.locator("#compare img").count() >= 2
+        assert "--heads L0H1,L2H3" in page.get_by_label("Command line").input_value()
+        assert not page.locator("#compare .error, #difference .error").count()
         heads_box.fill("L1H1")
         page.get_by_role("button", name="Generate", exact=True).click()
         page.wait_for_function("() => [...document.querySelectorAll('textarea, input')].some(e => (e.value || '').includes('--heads L1H1'))",

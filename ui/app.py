@@ -8,6 +8,7 @@ search (Stop, or closing the page).
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import tempfile
@@ -331,6 +332,21 @@ def _count_scores(run_dir: Path) -> int:
     return sum(len(path.read_text().splitlines()) for path in run_dir.glob("scores*.jsonl"))
 
 
+def keeping_last_result(fn: Any, outputs: int) -> Any:
+    """``fn`` for an event whose outputs must survive a mistake: a ``gr.Error`` becomes a warning toast with the
+    message, and every output keeps what it showed (instead of turning into an error badge)."""
+
+    @functools.wraps(fn)
+    def handler(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except gr.Error as err:
+            gr.Warning(str(getattr(err, "message", err)))
+            return tuple(gr.skip() for _ in range(outputs)) if outputs > 1 else gr.skip()
+
+    return handler
+
+
 def build_app(studio: Studio) -> gr.Blocks:
     layout = studio.layout
     with gr.Blocks(title="headhunter studio") as app:
@@ -397,9 +413,10 @@ def build_app(studio: Studio) -> gr.Blocks:
         grid.select(studio.toggle, [heads], [heads, grid], concurrency_limit=None, show_progress="hidden")
         # typing re-draws the grid; programmatic updates (clicks, presets) send their own grid
         heads.input(studio.grid, [heads], [grid], concurrency_limit=None, show_progress="hidden")
-        use_preset.click(studio.apply_preset, [preset], [heads, pag_scale, softness, grid], concurrency_limit=None)
-        run.click(studio.generate, [*settings, heads], [compare, diff, diff_note, python, cli, downloads],
-                  concurrency_id="pipeline")
+        use_preset.click(keeping_last_result(studio.apply_preset, 4), [preset], [heads, pag_scale, softness, grid],
+                         concurrency_limit=None)
+        run.click(keeping_last_result(studio.generate, 6), [*settings, heads],
+                  [compare, diff, diff_note, python, cli, downloads], concurrency_id="pipeline")
         atlas_run.click(studio.atlas, [*settings, layer], [gallery], concurrency_id="pipeline")
         gallery.select(studio.atlas_pick, [heads], [heads, grid], concurrency_limit=None)
         # a search has its own queue slot: it takes the pipeline one batch at a time, so images go in between
