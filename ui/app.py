@@ -249,8 +249,6 @@ class Studio:
         run_dir = self.workspace / f"search-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         name = f"{self.RUN_PREFIX}{run_dir.name}"
         stop = threading.Event()
-        with self._sessions_guard:
-            self._stops[_session(request)] = stop
         state: dict[str, Any] = {}
         try:
             hunter = HeadHunter(
@@ -263,6 +261,8 @@ class Studio:
             raise gr.Error(f"Search: {err}") from None
         total = _greedy_images(len(hunter.config.candidates), len(hunter.config.pairs), hunter.config.top_k,
                                hunter.config.rounds)
+        with self._sessions_guard:
+            self._stops[_session(request)] = stop
 
         def work() -> None:
             try:
@@ -285,7 +285,8 @@ class Studio:
                     del self._stops[_session(request)]
         error = state.get("error")
         if isinstance(error, SearchCancelled):
-            yield (f"stopped — resumable: {_count_scores(run_dir)} of {total} images scored, kept in {run_dir}",
+            yield (f"stopped — resumable: {_count_scores(run_dir)} of {total} images scored, kept in the workspace as "
+                   f"{run_dir.name}",
                    self._heatmap_value(run_dir), gr.skip(), gr.skip())
             return
         if error is not None:
