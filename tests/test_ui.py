@@ -132,6 +132,7 @@ def test_browser_pick_heads_generate_preset_atlas_and_bad_input(server):
 
         # the atlas of layer 1: one image per head, labelled, clicking one adds it
         page.get_by_role("tab", name="Head atlas").click()
+        page.locator("#atlas-cost").get_by_text("Cost: 4 images, about").wait_for(timeout=15000)  # measured by Generate
         page.get_by_label("Layer").fill("1")
         page.get_by_role("button", name="Run atlas").click()
         page.locator("#atlas img").nth(3).wait_for(timeout=30000)

@@ -85,3 +85,13 @@ def test_presets_are_offered_to_their_model_family_only(tmp_path):
     (tmp_path / "search-sd3").mkdir()
     save_preset(tmp_path / "search-sd3" / "selected.json", "L1H0", model="tiny-sd3", family="tiny-sd3")
     assert "run:search-sd3" in sd3.preset_names() and "run:search-sd3" not in flux.preset_names()
+
+
+def test_the_cost_of_an_atlas_or_a_search_is_known_before_it_starts(tmp_path):
+    studio = Studio(tiny_pipeline("tiny-sd3"), "tiny-sd3", tmp_path)
+    assert studio.atlas_cost(1) == "Cost: 4 images (no speed measured yet: generate once for an estimate)"
+    studio.generate("a red fox", "", 0, 2, 32, 1.0, 3.0, 1.0, "identity", "joint", 0.0, 1.0, "L1H0")
+    assert studio.atlas_cost(1).startswith("Cost: 4 images, about ") and "s per image" in studio.atlas_cost(1)
+    # a greedy search over the 12 heads: 2 prompts × 2 seeds = 4 pairs; 12 + 10 candidates over 2 rounds of k = 2
+    assert studio.search_cost("a parrot\na boat", "0,1", 2, 2).startswith("Cost: 88 images, about ")
+    assert studio.search_cost("", "0", 1, 1) == "Cost: —" and studio.search_cost("a", "x", 1, 1) == "Cost: —"

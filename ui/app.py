@@ -48,6 +48,7 @@ class Studio:
         # per browser session: the stop switch of its running search (a user's Stop or closed page ends only theirs)
         self._stops: dict[str, threading.Event] = {}
         self._sessions_guard = threading.Lock()
+        self._seconds_per_image: float | None = None
         self.default_steps = 2 if self.tiny else (15 if self.layout.model_type == "flux" else 28)
         self.default_size = 32 if self.tiny else (512 if self.layout.model_type == "flux" else 1024)
 
@@ -148,10 +149,37 @@ class Studio:
     def _run(self, prompts: list[str], seeds: list[int], plans: list, kwargs: dict) -> list[Image.Image]:
         generators = [torch.Generator(device="cpu" if self.pipe.device.type == "cpu" else self.pipe.device).manual_seed(s)
                       for s in seeds]
+        started = time.perf_counter()
         try:  # the pipeline serialises calls on its transformer, in arrival order
-            return self.pipe(prompts, generator=generators, pag_heads=plans, **kwargs).images
+            images = self.pipe(prompts, generator=generators, pag_heads=plans, **kwargs).images
         except ValueError as err:
             raise gr.Error(str(err)) from None
+        # the machine's speed at these settings, for the cost shown before an atlas or a search starts
+        self._seconds_per_image = (time.perf_counter() - started) / len(prompts)
+        return images
+
+    # --- cost, before starting ------------------------------------------------------------------------------------
+    def _estimate(self, images: int) -> str:
+        if self._seconds_per_image is None:
+            return f"{images} images (no speed measured yet: generate once for an estimate)"
+        seconds = images * self._seconds_per_image
+        return f"{images} images, about {seconds:.0f} s at the last measured {self._seconds_per_image:.2f} s per image"
+
+    def atlas_cost(self, layer: float) -> str:
+        return f"Cost: {self._estimate(self.layout.num_heads)}"
+
+    def search_cost(self, contents: str, seeds: str, top_k: float, rounds: float) -> str:
+        """The images a greedy search over every head would generate with these inputs."""
+        prompts = [line for line in (contents or "").splitlines() if line.strip()]
+        try:
+            seed_count = len({int(s) for s in str(seeds).split(",") if s.strip()}) or 1
+            top_k, rounds = int(top_k), int(rounds)
+        except (TypeError, ValueError):
+            return "Cost: —"
+        candidates = self.layout.num_layers * self.layout.num_heads
+        if not prompts or top_k < 1 or rounds < 1 or top_k * rounds > candidates:
+            return "Cost: —"
+        return f"Cost: {self._estimate(_greedy_images(candidates, len(prompts) * seed_count, top_k, rounds))}"
 
     def generate(self, prompt: str, negative: str, seed: float, steps: float, size: float, cfg: float,
                  pag_scale: float, softness: float, target: str, scope: str, start: float, end: float, heads_text: str):
@@ -392,6 +420,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Tab("Head atlas"):
                     layer = gr.Number(label="Layer", value=0, precision=0)
                     atlas_run = gr.Button("Run atlas")
+                    atlas_cost = gr.Markdown(studio.atlas_cost(0), elem_id="atlas-cost")
                     gallery = gr.Gallery(label="Each head of the layer, perturbed alone (click to add it)",
                                          columns=6, elem_id="atlas")
                 with gr.Tab("Search"):
@@ -402,6 +431,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                         seeds = gr.Textbox(label="Seeds", value="0,1")
                         top_k = gr.Number(label="k", value=2, precision=0)
                         rounds = gr.Number(label="Rounds", value=1, precision=0)
+                    search_cost = gr.Markdown(studio.search_cost(contents.value, seeds.value, top_k.value, rounds.value),
+                                              elem_id="search-cost")
                     with gr.Row():
                         search_run = gr.Button("Search", variant="primary")
                         search_stop = gr.Button("Stop")
@@ -416,9 +447,15 @@ def build_app(studio: Studio) -> gr.Blocks:
         heads.input(studio.grid, [heads], [grid], concurrency_limit=None, show_progress="hidden")
         use_preset.click(keeping_last_result(studio.apply_preset, 4), [preset], [heads, pag_scale, softness, grid],
                          concurrency_limit=None)
-        run.click(keeping_last_result(studio.generate, 6), [*settings, heads],
-                  [compare, diff, diff_note, python, cli, downloads], concurrency_id="pipeline")
+        generating = run.click(keeping_last_result(studio.generate, 6), [*settings, heads],
+                               [compare, diff, diff_note, python, cli, downloads], concurrency_id="pipeline")
         atlas_run.click(studio.atlas, [*settings, layer], [gallery], concurrency_id="pipeline")
+        # the cost of an atlas or a search, before it starts (and again once a generation has measured the speed)
+        atlas_inputs, search_inputs = [layer], [contents, seeds, top_k, rounds]
+        for trigger in (layer.change, generating.then):
+            trigger(studio.atlas_cost, atlas_inputs, [atlas_cost], concurrency_limit=None, show_progress="hidden")
+        for trigger in (contents.change, seeds.change, top_k.change, rounds.change, generating.then):
+            trigger(studio.search_cost, search_inputs, [search_cost], concurrency_limit=None, show_progress="hidden")
         gallery.select(studio.atlas_pick, [heads], [heads, grid], concurrency_limit=None)
         # a search has its own queue slot: it takes the pipeline one batch at a time, so images go in between
         search_run.click(studio.search, [objective, style, contents, seeds, top_k, rounds, steps, size, pag_scale],
