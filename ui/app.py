@@ -163,7 +163,8 @@ class Studio:
         if self._seconds_per_image is None:
             return f"{images} images (no speed measured yet: generate once for an estimate)"
         seconds = images * self._seconds_per_image
-        return f"{images} images, about {seconds:.0f} s at the last measured {self._seconds_per_image:.2f} s per image"
+        duration = f"{seconds:.1f} s" if seconds < 10 else f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+        return f"{images} images, about {duration} at the last measured {self._seconds_per_image:.2f} s per image"
 
     def atlas_cost(self, layer: float) -> str:
         return f"Cost: {self._estimate(self.layout.num_heads)}"
