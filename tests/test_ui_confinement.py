@@ -95,3 +95,17 @@ def test_the_cost_of_an_atlas_or_a_search_is_known_before_it_starts(tmp_path):
     # a greedy search over the 12 heads: 2 prompts × 2 seeds = 4 pairs; 12 + 10 candidates over 2 rounds of k = 2
     assert studio.search_cost("a parrot\na boat", "0,1", 2, 2).startswith("Cost: 88 images, about ")
     assert studio.search_cost("", "0", 1, 1) == "Cost: —" and studio.search_cost("a", "x", 1, 1) == "Cost: —"
+
+
+def test_a_search_honours_the_left_panel(tmp_path):
+    studio = Studio(tiny_pipeline("tiny-sd3"), "tiny-sd3", tmp_path)
+    updates = list(studio.search("brightness", "", "a parrot", "0", 1, 1, 2, 32, 2.0, 3.0, 0.5, "uniform", "joint",
+                                 "blurry"))
+    [run] = tmp_path.glob("search-*")
+    config = json.loads((run / "config.json").read_text())
+    assert (config["pag_softness"], config["pag_target"], config["guidance_scale"], config["pag_scale"]) == \
+           (0.5, "uniform", 3.0, 2.0)
+    assert "negative_prompt" in config["extra"] and "blurry" in config["extra"]["negative_prompt"]
+    assert any("softness 0.5, target uniform" in u[0] and "with the negative prompt" in u[0] for u in updates)
+    with pytest.raises(gr.Error, match="Softness: 2"):
+        list(studio.search("brightness", "", "a parrot", "0", 1, 1, 2, 32, 2.0, 1.0, 2.0, "identity", "joint", ""))

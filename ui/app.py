@@ -261,7 +261,8 @@ class Studio:
 
     # --- search --------------------------------------------------------------------------------------------------
     def search(self, objective: str, style: str, contents: str, seeds: str, top_k: float, rounds: float, steps: float,
-               size: float, pag_scale: float, request: gr.Request | None = None):
+               size: float, pag_scale: float, cfg: float = 1.0, softness: float = 1.0, target: str = "identity",
+               scope: str = "joint", negative: str = "", request: gr.Request | None = None):
         """A short HeadHunter search; yields (status, latest heat map, selected heads, preset menu) while it runs.
 
         It takes the pipeline one batch at a time (other users' images go between batches), and stops after the batch
@@ -277,14 +278,32 @@ class Studio:
             raise gr.Error("Seeds: integers joined by commas, e.g. 0,1") from None
         run_dir = self.workspace / f"search-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         name = f"{self.RUN_PREFIX}{run_dir.name}"
+        if not 0.0 <= float(softness) <= 1.0:
+            raise gr.Error(f"Softness: {softness} is outside [0, 1]")
+        # every left-panel setting a search uses is honoured (and said in its status line)
+        extra: dict[str, Any] = {}
+        guidance = None  # SD3: CFG off unless asked; FLUX: its distilled default
+        if self.layout.model_type == "flux":
+            if self.tiny:
+                extra["max_sequence_length"] = 48
+            if float(cfg) > 1 and (negative or "").strip():
+                extra.update(true_cfg_scale=float(cfg), negative_prompt=negative.strip())
+        else:
+            guidance = float(cfg)
+            if float(cfg) > 1 and (negative or "").strip():
+                extra["negative_prompt"] = negative.strip()
+        used = (f"steps {int(steps)}, size {int(size)}, {'true CFG' if self.layout.model_type == 'flux' else 'CFG'} "
+                f"{float(cfg):g}{' with the negative prompt' if 'negative_prompt' in extra else ''}, PAG scale "
+                f"{float(pag_scale):g}, softness {float(softness):g}, target {target}, scope {scope}")
         stop = threading.Event()
         state: dict[str, Any] = {}
         try:
             hunter = HeadHunter(
                 self.pipe, objective, prompts, seed_list, int(top_k), int(rounds), run_dir,
                 num_inference_steps=int(steps), height=int(size), width=int(size), pag_scale=float(pag_scale),
+                pag_softness=float(softness), pag_target=target, pag_scope=scope, guidance_scale=guidance,
                 batch_size=8, model_name=self.model_name, should_stop=stop.is_set, progress=False,
-                extra_call_kwargs={"max_sequence_length": 48} if self.tiny and self.layout.model_type == "flux" else None,
+                extra_call_kwargs=extra or None,
             )
         except ValueError as err:
             raise gr.Error(f"Search: {err}") from None
@@ -305,7 +324,8 @@ class Studio:
         try:
             while thread.is_alive():
                 thread.join(timeout=0.5)
-                yield self._progress(run_dir, total, started), self._heatmap_value(run_dir), gr.skip(), gr.skip()
+                yield (f"{self._progress(run_dir, total, started)} — with {used}", self._heatmap_value(run_dir),
+                       gr.skip(), gr.skip())
         finally:
             stop.set()  # the generator closed (page gone, event cancelled): end after the batch in flight
             thread.join()
@@ -425,6 +445,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     gallery = gr.Gallery(label="Each head of the layer, perturbed alone (click to add it)",
                                          columns=6, elem_id="atlas")
                 with gr.Tab("Search"):
+                    gr.Markdown("The search uses the settings on the left — steps, size, CFG (with the negative "
+                                "prompt), PAG scale, softness, target, scope — and says which in its status line.")
                     objective = gr.Textbox(label="Objective", value="colorfulness")
                     style = gr.Textbox(label="Style", value="")
                     contents = gr.Textbox(label="Content prompts", lines=3, value="a parrot\na market stall")
@@ -459,7 +481,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             trigger(studio.search_cost, search_inputs, [search_cost], concurrency_limit=None, show_progress="hidden")
         gallery.select(studio.atlas_pick, [heads], [heads, grid], concurrency_limit=None)
         # a search has its own queue slot: it takes the pipeline one batch at a time, so images go in between
-        search_run.click(studio.search, [objective, style, contents, seeds, top_k, rounds, steps, size, pag_scale],
+        search_run.click(studio.search, [objective, style, contents, seeds, top_k, rounds, steps, size, pag_scale, cfg,
+                                         softness, target, scope, negative],
                          [status, heatmap, found, preset], concurrency_id="search", concurrency_limit=1)
         search_stop.click(studio.stop_search, None, None, concurrency_limit=None)
         app.unload(studio.stop_search)  # a closed page stops its search
