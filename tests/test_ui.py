@@ -212,7 +212,8 @@ def test_stop_ends_this_sessions_search_after_the_batch_in_flight(server):
     from headhunter.search import HeadHunter
 
     again = HeadHunter(studio.pipe, "colorfulness", ["a parrot", "a boat", "a bird"], [0, 1, 2], 1, 3, run_dir,
-                       num_inference_steps=2, height=32, width=32, pag_scale=3.0, model_name="tiny-sd3", progress=False)
+                       num_inference_steps=2, height=32, width=32, pag_scale=3.0, guidance_scale=1.0,
+                       model_name="tiny-sd3", progress=False)  # the studio's settings, CFG 1 from its left panel
     again.store.check_config()  # the same search: it would resume, not be refused
     assert len(again.store.load()) == after  # with every image scored so far
 
