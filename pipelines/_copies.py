@@ -17,7 +17,7 @@ import sys
 import textwrap
 from typing import Callable
 
-__all__ = ["COPIES", "check_copy", "restore_parent"]
+__all__ = ["check_copy", "copies", "restore_parent"]
 
 OPEN, CLOSE, ORIGINAL = "# HeadHunter >>>", "# HeadHunter <<<", "#| "
 
@@ -71,7 +71,8 @@ def check_copy(ours: str, parent: str, name: str = "__call__") -> str:
                                           lineterm=""))
 
 
-def _copies() -> dict[str, tuple[Callable, Callable]]:
+def copies() -> dict[str, tuple[Callable, Callable]]:
+    """``{name: (our function, the diffusers function it follows)}``."""
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
     from .flux import HeadHunterFluxPipeline
@@ -83,12 +84,10 @@ def _copies() -> dict[str, tuple[Callable, Callable]]:
     }
 
 
-COPIES = _copies
-
 
 def main() -> int:
     failed = 0
-    for name, (ours, parent) in _copies().items():
+    for name, (ours, parent) in copies().items():
         diff = check_copy(inspect.getsource(inspect.unwrap(ours)), inspect.getsource(inspect.unwrap(parent)), name)
         if diff:
             failed += 1

@@ -6,11 +6,11 @@ import inspect
 
 import pytest
 
-from headhunter.pipelines._copies import check_copy, COPIES
+from headhunter.pipelines._copies import check_copy, copies
 
 
 def _sources(name):
-    ours, parent = COPIES()[name]
+    ours, parent = copies()[name]
     return inspect.getsource(inspect.unwrap(ours)), inspect.getsource(inspect.unwrap(parent))
 
 

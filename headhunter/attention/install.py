@@ -74,7 +74,7 @@ class PerturbationSession:
     def __init__(self, layout: HeadLayout):
         self.layout = layout
         cls = SoftPAGJointProcessor if layout.model_type == "sd3" else SoftPAGFluxProcessor
-        self.processors = [cls(layer, self) for layer in range(layout.num_layers)]
+        self.processors = [cls(self) for _ in range(layout.num_layers)]
         # Made once: hooks must be the same objects in every call. torch.compile does not guard on a module's hooks
         # (torch._dynamo.config.skip_nnmodule_hook_guards), so every block carries one in every perturbed call and
         # the hook decides whether to fork from values the compiled graph does guard on.

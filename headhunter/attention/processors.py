@@ -25,8 +25,7 @@ __all__ = ["SoftPAGFluxProcessor", "SoftPAGJointProcessor"]
 class _SoftPAGProcessor:
     """Shared part of the SD3 and FLUX processors: perturbation of the rows the session's plan adds."""
 
-    def __init__(self, layer: int, session: "PerturbationSession"):
-        self.layer = layer
+    def __init__(self, session: "PerturbationSession"):
         self.session = session
         self.u: torch.Tensor | None = None  # [perturbed rows, heads] of this layer, set per call by the session
         self.original: Any = None

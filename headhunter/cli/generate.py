@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 from .common import check_writable_dir, non_negative_float, parse_interval, parse_seeds, parse_size, positive_int, unique_path

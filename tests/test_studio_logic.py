@@ -1,5 +1,7 @@
-"""The studio's Heads field and preset menu take head specs and preset names, never a path: whatever is typed, nothing
-outside the workspace is read, and the message does not reveal whether a file exists."""
+"""The studio's behaviour without a browser: the Heads field and preset menu take head specs and preset names, never a
+path (whatever is typed, nothing outside the workspace is read, and the message does not reveal whether a file
+exists); presets are offered to their model family; costs are known before an atlas or search; a search honours the
+left panel."""
 
 import builtins
 import json
