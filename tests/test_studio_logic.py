@@ -13,7 +13,7 @@ gr = pytest.importorskip("gradio", reason="the studio needs the ui extra (gradio
 
 from headhunter.heads import save_preset  # noqa: E402
 from headhunter.testing import tiny_pipeline  # noqa: E402
-from headhunter.ui import Studio  # noqa: E402
+from headhunter.ui import Settings, Studio  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_specs_shipped_and_workspace_presets_are_accepted(studio):
 
 def _attempts(studio):
     existing, missing = str(studio.outside), str(studio.outside.with_name("missing.json"))
-    workspace_file = str(studio.workspace / "search-a" / "selected.json")  # a path, even to the studio's own file
+    workspace_file = str(studio.workspace.root / "search-a" / "selected.json")  # a path, even to the studio's own file
     return [existing, missing, workspace_file, "/etc/passwd", "/etc/hostname", "../outside.json", "~/x.json",
             "run:../outside", "run:search-a/../../outside", "run:/etc/passwd", "selected.json", "file:///etc/passwd"]
 
@@ -56,8 +56,11 @@ def test_paths_and_traversal_are_refused_without_touching_the_filesystem(studio,
             # one message whatever the path: the input echoed, nothing about the file
             message = str(err.value.message if hasattr(err.value, "message") else err.value).replace(repr(text), "X")
             assert message.endswith("X is neither a head spec (like L13H17) nor one of the presets offered here"), message
-            assert not [p for p in opened if str(studio.workspace) not in p and "presets" not in p], opened
-        assert studio.grid(text) is not None  # the grid stays empty, no error, no read
+            assert not [p for p in opened if str(studio.workspace.root) not in p and "presets" not in p], opened
+        opened.clear()
+        grid = studio.picker(text)  # the grid shows the same message, and reads nothing either
+        assert "is neither a head spec" in grid and 'class="on"' not in grid
+        assert not [p for p in opened if str(studio.workspace.root) not in p and "presets" not in p], opened
 
 
 def test_the_same_message_for_an_existing_and_a_missing_file(studio):
@@ -92,7 +95,7 @@ def test_presets_are_offered_to_their_model_family_only(tmp_path):
 def test_the_cost_of_an_atlas_or_a_search_is_known_before_it_starts(tmp_path):
     studio = Studio(tiny_pipeline("tiny-sd3"), "tiny-sd3", tmp_path)
     assert studio.atlas_cost(1) == "Cost: 4 images (no speed measured yet: generate once for an estimate)"
-    studio.generate("a red fox", "", 0, 2, 32, 1.0, 3.0, 1.0, "identity", "joint", 0.0, 1.0, "L1H0")
+    studio.generate(Settings("a red fox", steps=2, size=32, heads="L1H0"))
     assert studio.atlas_cost(1).startswith("Cost: 4 images, about ") and "s per image" in studio.atlas_cost(1)
     # a greedy search over the 12 heads: 2 prompts × 2 seeds = 4 pairs; 12 + 10 candidates over 2 rounds of k = 2
     assert studio.search_cost("a parrot\na boat", "0,1", 2, 2).startswith("Cost: 88 images, about ")
@@ -101,8 +104,8 @@ def test_the_cost_of_an_atlas_or_a_search_is_known_before_it_starts(tmp_path):
 
 def test_a_search_honours_the_left_panel(tmp_path):
     studio = Studio(tiny_pipeline("tiny-sd3"), "tiny-sd3", tmp_path)
-    updates = list(studio.search("brightness", "", "a parrot", "0", 1, 1, 2, 32, 2.0, 3.0, 0.5, "uniform", "joint",
-                                 "blurry"))
+    panel = Settings("x", negative="blurry", steps=2, size=32, cfg=3.0, pag_scale=2.0, softness=0.5, target="uniform")
+    updates = list(studio.search("brightness", "", "a parrot", "0", 1, 1, panel))
     [run] = tmp_path.glob("search-*")
     config = json.loads((run / "config.json").read_text())
     assert (config["pag_softness"], config["pag_target"], config["guidance_scale"], config["pag_scale"]) == \
@@ -110,4 +113,78 @@ def test_a_search_honours_the_left_panel(tmp_path):
     assert "negative_prompt" in config["extra"] and "blurry" in config["extra"]["negative_prompt"]
     assert any("softness 0.5, target uniform" in u[0] and "with the negative prompt" in u[0] for u in updates)
     with pytest.raises(gr.Error, match="Softness: 2"):
-        list(studio.search("brightness", "", "a parrot", "0", 1, 1, 2, 32, 2.0, 1.0, 2.0, "identity", "joint", ""))
+        list(studio.search("brightness", "", "a parrot", "0", 1, 1, Settings("x", steps=2, size=32, softness=2.0)))
+
+
+# --- head picker ---------------------------------------------------------------------------------------------------
+def test_picker_cells_are_named_shaded_by_softness_and_flag_mistakes(studio):
+    html = studio.picker("L0H1,L2H3@0.25", softness=0.5)
+    for layer in range(3):
+        for head in range(4):
+            assert f'data-layer="{layer}" data-head="{head}" title="L{layer}H{head}' in html  # every cell: tooltip
+        assert f'title="L{layer}: toggle the whole layer">L{layer}</th>' in html  # every row labelled
+    assert all(f"<th>H{h}</th>" in html for h in range(4))  # every head labelled
+    # u = 0.5 (the panel's softness) and u = 0.25 (the head's own): alpha 0.3 + 0.7 u
+    assert 'title="L0H1 @ u=0.5" style="background:rgba(249, 115, 22, 0.65)"' in html
+    assert 'title="L2H3 @ u=0.25" style="background:rgba(249, 115, 22, 0.47)"' in html
+    assert html.count('class="on"') == 2
+    assert "outside [0, 1]" in studio.picker("L0H1@2") and 'class="on"' not in studio.picker("L0H1@2")
+    assert "layer 7 is out of range" in studio.picker("L7H0")
+
+
+def test_picker_clicks_toggle_heads_rows_and_split_a_layer(studio):
+    assert studio.pick("", 1, 2) == "L1H2"
+    assert studio.pick("L1H2", 1, 2) == ""
+    assert studio.pick("L1@0.5", 1, 2) == "L1H0-1@0.5,L1H3@0.5"  # a head inside a layer selection splits it
+    assert studio.pick("L0H1,L1", 1, None) == "L0H1"  # the row label switches the whole layer off
+    assert studio.pick("L1H0,L0H1", 1, None) == "L0H1,L1"  # ... or on, in place of its single heads
+    assert studio.pick("L1H0-3", 1, None) == ""  # every head picked one by one is the whole layer too
+
+
+def test_picker_shows_flux_rows_with_a_legend():
+    flux = Studio(tiny_pipeline("tiny-flux"), "tiny-flux", "unused-workspace")
+    html = flux.picker("")
+    assert "double-stream L0–L2" in html and "single-stream L3–L4" in html
+    assert html.count('<tr class="double">') == 3 and html.count('<tr class="single">') == 2
+
+
+# --- names and confinement -----------------------------------------------------------------------------------------
+BAD_NAMES = ["../outside", "..", "/etc/passwd", "a/b", "a\\b", "~root", "x" * 65, "name.json", "run:x", "", " "]
+
+
+def test_run_and_preset_names_are_checked_and_nothing_is_written_outside(studio, tmp_path):
+    before = {p for p in studio.workspace.root.parent.rglob("*")}
+    for name in BAD_NAMES[:-2]:  # empty names are allowed where a default exists (export, new run)
+        with pytest.raises(gr.Error, match="letters, digits"):
+            studio.save_preset(name, "", "L0H1", 3.0, 1.0)
+        with pytest.raises(gr.Error, match="letters, digits"):
+            studio.export_preset(name, "", "L0H1", 3.0, 1.0)
+        with pytest.raises(gr.Error, match="letters, digits"):
+            list(studio.search("colorfulness", "", "a", "0", 1, 1, Settings("x", steps=1, size=32), run_name=name))
+        with pytest.raises(gr.Error, match="letters, digits"):
+            list(studio.resume(name))
+        with pytest.raises(gr.Error, match="letters, digits"):
+            studio.show_run(name)
+    with pytest.raises(gr.Error, match="is not a headhunter search run"):
+        studio.show_run("missing")  # the same kind of message for a run that is not there
+    assert {p for p in studio.workspace.root.parent.rglob("*")} == before
+
+
+def test_saved_exported_and_imported_presets(studio, tmp_path):
+    menu = studio.save_preset("my-heads", "two early heads", "L0H1,L1H2@0.5", 2.5, 0.75)
+    assert menu["value"] == "saved:my-heads" and "saved:my-heads" in menu["choices"]
+    assert studio.apply_preset("saved:my-heads") == ("L0H1,L1H2@0.5", 2.5, 0.75)
+    exported = studio.export_preset("shared", "for a friend", "L2", 4.0, 1.0)
+    data = json.loads(pathlib.Path(exported).read_text())
+    assert (data["heads"], data["family"], data["pag_scale"], data["description"]) == ("L2", "tiny-sd3", 4.0, "for a friend")
+    other = Studio(tiny_pipeline("tiny-sd3"), "tiny-sd3", tmp_path / "elsewhere")
+    heads, scale, softness, menu = other.import_preset(exported)
+    assert (heads, scale, softness, menu["value"]) == ("L2", 4.0, 1.0, "saved:shared")
+    assert (tmp_path / "elsewhere" / "presets" / "shared.json").is_file()
+    flux_file = tmp_path / "flux.json"
+    save_preset(flux_file, "L0H1", model="tiny-flux", family="tiny-flux")
+    with pytest.raises(gr.Error, match="made for tiny-flux models"):
+        other.import_preset(str(flux_file))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(gr.Error, match="Import: "):
+        other.import_preset(str(tmp_path / "bad.json"))

@@ -1,5 +1,8 @@
-"""The Gradio studio (``headhunter ui``): generate with hand-picked heads, a head atlas per layer, short searches."""
+"""The Gradio studio (``headhunter ui``): generate with hand-picked heads, a head atlas per layer, XY comparisons,
+searches kept in a workspace."""
 
-from .app import Studio, build_app, launch
+from .app import build_app, launch
+from .settings import Settings
+from .studio import Studio
 
-__all__ = ["Studio", "build_app", "launch"]
+__all__ = ["Settings", "Studio", "build_app", "launch"]

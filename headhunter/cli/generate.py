@@ -23,6 +23,8 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--heads", default=None, help="heads to perturb: 'L13H17,L1H10@0.5', a preset name or a JSON file")
     parser.add_argument("--pag-scale", type=non_negative_float, default=3.0, help="perturbation-guidance scale w (default 3)")
+    parser.add_argument("--adaptive-scale", type=non_negative_float, default=0.0,
+                        help="pag_adaptive_scale: lower the PAG scale as the steps go (default 0, off)")
     parser.add_argument("--softness", type=float, default=1.0, help="softness u in [0, 1] for heads without @u")
     parser.add_argument("--target", default="identity", help="identity, uniform, query_mean or max")
     parser.add_argument("--scope", default="joint", help="joint or image")
@@ -41,6 +43,8 @@ def generation_settings(args: argparse.Namespace, family: str, tiny: bool) -> di
         "pag_softness": args.softness, "pag_target": args.target, "pag_scope": args.scope,
         "pag_interval": list(args.interval),
     }
+    if args.adaptive_scale:
+        settings["pag_adaptive_scale"] = args.adaptive_scale
     if family == "sd3":
         settings["guidance_scale"] = args.cfg if args.cfg is not None else 1.0
     else:
@@ -73,7 +77,7 @@ def validate_call(pipe: Any, settings: dict[str, Any]) -> None:
     PAGArguments.from_call(
         pipe.head_layout, pag_heads=settings["pag_heads"], pag_scale=settings["pag_scale"],
         pag_softness=settings["pag_softness"], pag_target=settings["pag_target"], pag_scope=settings["pag_scope"],
-        pag_interval=settings["pag_interval"], pag_adaptive_scale=0.0, pag_applied_layers=None, num_prompts=1,
+        pag_interval=settings["pag_interval"], pag_adaptive_scale=settings.get("pag_adaptive_scale", 0.0), pag_applied_layers=None, num_prompts=1,
         num_images_per_prompt=1,
     )
     check_image_size(pipe, settings["height"], settings["width"])

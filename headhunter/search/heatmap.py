@@ -25,9 +25,11 @@ def heatmap_image(
     scores: Mapping[tuple[int, int], float], num_layers: int, num_heads: int, selected: set | None = None, cell: int = 12
 ) -> Image.Image:
     """Rows are layers (L0 at the top), columns heads. Gray: not evaluated; red cross: the objective failed (NaN);
-    white outline: selected heads."""
-    margin = 28
-    image = Image.new("RGB", (margin + num_heads * cell + 1, margin + num_layers * cell + 1), "white")
+    white outline: selected heads. A colour scale under the grid gives the scores at its two ends."""
+    margin, scale_height = 28, 34
+    grid_width = num_heads * cell
+    width = margin + max(grid_width, 150) + 1
+    image = Image.new("RGB", (width, margin + num_layers * cell + 1 + scale_height), "white")
     draw = ImageDraw.Draw(image)
     finite = [v for v in scores.values() if v is not None and math.isfinite(v)]
     low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
@@ -52,4 +54,17 @@ def heatmap_image(
                 draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline="white", width=2)
     for head in range(0, num_heads, 4):
         draw.text((margin + head * cell, 2), f"H{head}", fill="black")
+    _colour_scale(draw, margin, margin + num_layers * cell + 8, max(grid_width, 150), (low, high) if finite else None)
     return image
+
+
+def _colour_scale(draw: ImageDraw.ImageDraw, x: int, y: int, width: int, span: tuple[float, float] | None) -> None:
+    """The ramp from the lowest to the highest score, labelled with both."""
+    for i in range(width):
+        draw.line([x + i, y, x + i, y + 9], fill=_color(i / max(1, width - 1)))
+    if span is None:
+        draw.text((x, y + 12), "no scores yet", fill="black")
+        return
+    low, high = (f"{v:.4g}" for v in span)
+    draw.text((x, y + 12), low, fill="black")
+    draw.text((x + width - 6 * len(high), y + 12), high, fill="black")

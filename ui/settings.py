@@ -1,0 +1,100 @@
+"""The left panel's settings as one value: checked, turned into pipeline arguments, and read back from a PNG."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import astuple, dataclass, fields, replace
+from typing import Any
+
+__all__ = ["FIELDS", "Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the studio's left panel holds. ``cfg`` is SD3's ``guidance_scale`` or FLUX's ``true_cfg_scale``;
+    ``flux_guidance`` is FLUX's distilled ``guidance_scale`` (unused on SD3)."""
+
+    prompt: str = "a lighthouse at dusk"
+    negative: str = ""
+    seed: int = 0
+    steps: int = 28
+    size: int = 1024
+    cfg: float = 1.0
+    flux_guidance: float = 3.5
+    pag_scale: float = 3.0
+    adaptive: float = 0.0
+    softness: float = 1.0
+    target: str = "identity"
+    scope: str = "joint"
+    start: float = 0.0
+    end: float = 1.0
+    heads: str = ""
+
+    def checked(self) -> "Settings":
+        """These settings with numbers as numbers; ValueError naming the first field that is wrong."""
+        values = {}
+        for name in ("seed", "steps", "size"):
+            try:
+                values[name] = int(getattr(self, name))
+            except (TypeError, ValueError):
+                raise ValueError(f"{name.capitalize()}: a whole number, got {getattr(self, name)!r}") from None
+        for name in ("cfg", "flux_guidance", "pag_scale", "adaptive", "softness", "start", "end"):
+            try:
+                values[name] = float(getattr(self, name))
+            except (TypeError, ValueError):
+                raise ValueError(f"{_label(name)}: a number, got {getattr(self, name)!r}") from None
+            if not math.isfinite(values[name]):
+                raise ValueError(f"{_label(name)}: a finite number, got {getattr(self, name)!r}")
+        if values["steps"] < 1 or values["size"] < 16:
+            raise ValueError("Steps must be at least 1 and size at least 16")
+        if values["seed"] < 0:
+            raise ValueError(f"Seed: 0 or more, got {values['seed']}")
+        for name in ("cfg", "flux_guidance", "pag_scale", "adaptive"):
+            if values[name] < 0:
+                raise ValueError(f"{_label(name)}: 0 or more, got {values[name]:g}")
+        if not 0.0 <= values["softness"] <= 1.0:
+            raise ValueError(f"Softness: {values['softness']:g} is outside [0, 1]")
+        return replace(self, prompt=self.prompt or "", negative=self.negative or "", heads=self.heads or "", **values)
+
+    def call_kwargs(self, model_type: str, tiny: bool) -> dict[str, Any]:
+        """The pipeline's keyword arguments (everything but prompt, seed and heads), as the CLI writes them."""
+        kwargs: dict[str, Any] = dict(num_inference_steps=self.steps, height=self.size, width=self.size,
+                                      pag_scale=self.pag_scale, pag_softness=self.softness, pag_target=self.target,
+                                      pag_scope=self.scope, pag_interval=(self.start, self.end),
+                                      negative_prompt=self.negative or None)
+        if self.adaptive:
+            kwargs["pag_adaptive_scale"] = self.adaptive
+        if model_type == "flux":
+            kwargs["true_cfg_scale"] = self.cfg
+            kwargs["guidance_scale"] = self.flux_guidance
+            if tiny:
+                kwargs["max_sequence_length"] = 48
+        else:
+            kwargs["guidance_scale"] = self.cfg
+        return kwargs
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any], model_type: str) -> "Settings":
+        """The settings a headhunter PNG carries (the studio's downloads, ``headhunter generate``)."""
+        cfg = meta.get("true_cfg_scale") if model_type == "flux" else meta.get("guidance_scale")
+        interval = meta.get("pag_interval") or (0.0, 1.0)
+        found = dict(prompt=meta.get("prompt"), negative=meta.get("negative_prompt") or "", seed=meta.get("seed"),
+                     steps=meta.get("num_inference_steps"), size=meta.get("width"), cfg=cfg,
+                     flux_guidance=meta.get("guidance_scale") if model_type == "flux" else None,
+                     pag_scale=meta.get("pag_scale"), adaptive=meta.get("pag_adaptive_scale", 0.0),
+                     softness=meta.get("pag_softness"), target=meta.get("pag_target"), scope=meta.get("pag_scope"),
+                     start=interval[0], end=interval[1], heads=meta.get("pag_heads") or "")
+        if found["prompt"] is None or found["seed"] is None:
+            raise ValueError("this PNG's settings have no prompt or seed")
+        return replace(cls(), **{k: v for k, v in found.items() if v is not None}).checked()
+
+    def values(self) -> tuple:
+        return astuple(self)
+
+
+FIELDS = tuple(f.name for f in fields(Settings))
+
+
+def _label(name: str) -> str:
+    return {"cfg": "CFG", "flux_guidance": "FLUX guidance", "pag_scale": "PAG scale", "adaptive": "Adaptive scale",
+            "start": "Interval start", "end": "Interval end"}.get(name, name.capitalize())
