@@ -15,10 +15,10 @@ gr = pytest.importorskip("gradio", reason="the studio needs the ui extra (gradio
 
 from headhunter.heads import save_preset  # noqa: E402
 from headhunter.testing import tiny_pipeline  # noqa: E402
-from headhunter.ui import Studio, build_app  # noqa: E402
-from headhunter.ui.grid import CELL, MARGIN  # noqa: E402
+from headhunter.ui import Settings, Studio, build_app  # noqa: E402
 
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
+PANEL = Settings("unused", steps=2, size=32, pag_scale=3.0)  # the left panel a search takes its settings from
 
 
 def free_port():
@@ -62,10 +62,10 @@ def test_concurrent_generate_calls_return_their_own_images(server):
     from gradio_client import Client
 
     url, _, _ = server
-    settings = ["a red fox", "", 3, 2, 32, 1.0, 3.0, 1.0, "identity", "joint", 0.0, 1.0]
+    settings = ["a red fox", "", 3, 2, 32, 1.0, 3.5, 3.0, 0.0, 1.0, "identity", "joint", 0.0, 1.0]
 
     def call(heads):
-        result = Client(url, verbose=False).predict(*settings, heads, api_name="/generate")
+        result = Client(url, verbose=False).predict(*settings, heads, 1, api_name="/generate")
         slider = result[0]
         return [np.asarray(Image.open(p if isinstance(p, str) else p["path"])) for p in slider]
 
@@ -85,88 +85,305 @@ def test_concurrent_generate_calls_return_their_own_images(server):
     assert not np.array_equal(single["L0H1"][1], single["L2"][1])  # the heads really differ
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (installed by .ci/run)")
-def test_browser_pick_heads_generate_preset_atlas_and_bad_input(server):
+needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
+                                    reason="needs Debian's chromium (installed by .ci/run)")
+VIEWPORTS = [pytest.param({"width": 1440, "height": 900}, id="1440x900"),
+             pytest.param({"width": 800, "height": 900}, id="800px")]
+
+
+@pytest.fixture
+def page_at(server, request):
+    """A fresh page of the studio at the test's viewport (one browser session each)."""
     sync_playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)").sync_playwright
-    url, studio, workspace = server
-    ARTIFACTS.mkdir(exist_ok=True)
+    url = server[0]
     with sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
-        page.goto(url)
-        page.get_by_label("Prompt", exact=True).fill("a red fox")
-        grid = page.locator("#head-grid img")
-        grid.wait_for()
-        box = grid.bounding_box()
-        natural = grid.evaluate("img => [img.naturalWidth, img.naturalHeight]")
 
-        def click_head(layer, head):
-            x = (MARGIN + head * CELL + CELL / 2) * box["width"] / natural[0]
-            y = (MARGIN + layer * CELL + CELL / 2) * box["height"] / natural[1]
-            page.mouse.click(box["x"] + x, box["y"] + y)
+        def open_page(viewport):
+            context = browser.new_context(viewport=viewport, permissions=["clipboard-read", "clipboard-write"])
+            page = context.new_page()
+            page.goto(url)
+            page.locator("#head-picker table").wait_for(timeout=30000)
+            return page
 
-        heads_box = page.get_by_label("Heads", exact=True)
-
-        def wait_heads(value):
-            page.wait_for_function("v => [...document.querySelectorAll('textarea, input')].some(e => e.value === v)",
-                                   arg=value, timeout=60000)
-            assert heads_box.input_value() == value
-            page.wait_for_timeout(300)  # let the re-drawn grid image settle before the next click
-
-        click_head(0, 1)
-        wait_heads("L0H1")
-        click_head(2, 3)
-        wait_heads("L0H1,L2H3")
-        page.get_by_role("button", name="Generate", exact=True).click()
-        page.locator("#compare img").nth(1).wait_for(timeout=30000)
-        page.locator("#difference img").wait_for(timeout=30000)
-        assert page.locator("#compare img").count() >= 2
-        assert "--heads L0H1,L2H3" in page.get_by_label("Command line").input_value()
-        page.screenshot(path=str(ARTIFACTS / "studio-generate.png"), full_page=True)
-
-        # a preset from the workspace
-        page.get_by_label("Preset").click()
-        page.get_by_role("option", name="run:search-test").click()
-        page.get_by_role("button", name="Use preset").click()
-        wait_heads("L1H0,L2H2")
-
-        # the atlas of layer 1: one image per head, labelled, clicking one adds it
-        page.get_by_role("tab", name="Head atlas").click()
-        page.locator("#atlas-cost").get_by_text("Cost: 4 images, about").wait_for(timeout=15000)  # measured by Generate
-        page.get_by_label("Layer").fill("1")
-        page.get_by_role("button", name="Run atlas").click()
-        page.locator("#atlas img").nth(3).wait_for(timeout=30000)
-        assert page.locator("#atlas img").count() >= 4
-        page.screenshot(path=str(ARTIFACTS / "studio-atlas.png"), full_page=True)
-        page.wait_for_function("() => !document.querySelector('#atlas .pending, #atlas .generating')", timeout=30000)
-        page.wait_for_timeout(1000)  # the atlas event finishes after its last image arrives
-        page.locator("#atlas img").nth(3).click()
-        wait_heads("L1H0,L2H2,L1H3")
-
-        # a bad head text shows a message and the app keeps serving
-        page.get_by_role("tab", name="Generate").click()
-        heads_box.fill("L9H9")
-        page.get_by_role("button", name="Generate", exact=True).click()
-        page.get_by_text("L9H9: layer 9 is out of range").first.wait_for(timeout=15000)
-        page.screenshot(path=str(ARTIFACTS / "studio-error.png"), full_page=True)
-        # the message does not wipe the last good result: both images and the command line stay
-        assert page.locator("#compare img").count() >= 2
-        assert "--heads L0H1,L2H3" in page.get_by_label("Command line").input_value()
-        assert not page.locator("#compare .error, #difference .error").count()
-        heads_box.fill("L1H1")
-        page.get_by_role("button", name="Generate", exact=True).click()
-        page.wait_for_function("() => [...document.querySelectorAll('textarea, input')].some(e => (e.value || '').includes('--heads L1H1'))",
-                               timeout=60000)
+        yield open_page
         browser.close()
+
+
+def heads_value(page):
+    return page.locator("#heads textarea, #heads input").first.input_value()
+
+
+def wait_heads(page, value):
+    page.wait_for_function("v => [...document.querySelectorAll('#heads textarea, #heads input')].some(e => e.value === v)",
+                           arg=value, timeout=30000)
+    page.wait_for_timeout(200)  # let the re-drawn grid settle before the next click
+
+
+def cell(page, layer, head):
+    return page.locator(f'#head-picker td[data-layer="{layer}"][data-head="{head}"]')
+
+
+def toast(page, text):
+    page.get_by_text(text).first.wait_for(timeout=30000)
+
+
+@needs_chromium
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_head_picker_above_the_fold_in_sync_with_the_text(page_at, viewport):
+    page = page_at(viewport)
+    grid = page.locator("#head-picker table").bounding_box()
+    assert grid["y"] >= 0 and grid["y"] + grid["height"] <= viewport["height"]  # the whole grid, no scrolling
+    assert grid["width"] >= 4 * 20  # readable cells
+    assert cell(page, 1, 2).get_attribute("title") == "L1H2"  # the hover tooltip
+    cell(page, 1, 2).hover()
+    page.locator("#head-picker th", has_text="H3").wait_for()  # every head labelled ...
+    assert page.locator("#head-picker tbody th").all_inner_texts() == ["L0", "L1", "L2"]  # ... and every layer
+    cell(page, 1, 2).click()
+    wait_heads(page, "L1H2")
+    page.locator('#head-picker tbody th[data-layer="0"]').click()  # the row label: the whole layer
+    wait_heads(page, "L1H2,L0")
+    cell(page, 0, 1).click()  # a head inside the layer selection splits it
+    wait_heads(page, "L1H2,L0H0,L0H2-3")
+    assert page.locator("#head-picker td.on").count() == 4
+    # paste replaces the text, the grid follows, shaded by the pasted head's own softness
+    page.evaluate("navigator.clipboard.writeText('L2H3@0.25')")
+    box = page.locator("#heads textarea, #heads input").first
+    box.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Control+V")
+    wait_heads(page, "L2H3@0.25")
+    on = page.locator("#head-picker td.on")
+    on.first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#head-picker td.on').length === 1", timeout=10000)
+    assert on.get_attribute("title") == "L2H3 @ u=0.25" and "0.47" in on.get_attribute("style")
+    # typing after a mistake: the mistake is shown in the page, the next edit redraws
+    box.fill("L2H3@2")
+    page.locator("#head-picker .hh-error", has_text="outside [0, 1]").wait_for(timeout=10000)
+    box.fill("L0H0")
+    page.wait_for_function("() => !document.querySelector('#head-picker .hh-error') && "
+                           "document.querySelectorAll('#head-picker td.on').length === 1", timeout=10000)
+    # a preset fills the text, and the grid follows
+    page.get_by_label("Preset").click()
+    page.get_by_role("option", name="run:search-test").click()
+    page.get_by_role("button", name="Use preset").click()
+    wait_heads(page, "L1H0,L2H2")
+    page.wait_for_function("() => document.querySelectorAll('#head-picker td.on').length === 2", timeout=10000)
+    page.screenshot(path=str(ARTIFACTS / f"studio-picker-{viewport['width']}.png"))
+
+
+def shown_pixels(page, selector):
+    """The page's own rendering of an image element, sampled at the centre of each source pixel."""
+    img = page.locator(selector)
+    natural = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    box = img.bounding_box()
+    scale = min(box["width"] / natural[0], box["height"] / natural[1])
+    left = box["x"] + (box["width"] - natural[0] * scale) / 2
+    top = box["y"] + (box["height"] - natural[1] * scale) / 2
+    shot = np.asarray(Image.open(__import__("io").BytesIO(page.screenshot())).convert("RGB"))
+    xs = [int(left + (i + 0.5) * scale) for i in range(natural[0])]
+    ys = [int(top + (j + 0.5) * scale) for j in range(natural[1])]
+    return shot[np.ix_(ys, xs)], xs, ys
+
+
+def covered(page, container, xs, ys, margin=2):
+    """Which sampled points lie under the component's own label and buttons (drawn over the image)."""
+    rects = page.locator(f"{container} label, {container} button, {container} .icon-button-wrapper").evaluate_all(
+        "els => els.map(e => e.getBoundingClientRect()).map(r => [r.left, r.top, r.right, r.bottom])")
+    mask = np.zeros((len(ys), len(xs)), dtype=bool)
+    for x0, y0, x1, y1 in rects:
+        inside_x = np.array([x0 - margin <= x <= x1 + margin for x in xs])
+        inside_y = np.array([y0 - margin <= y <= y1 + margin for y in ys])
+        mask |= inside_y[:, None] & inside_x[None, :]
+    return mask
+
+
+@needs_chromium
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_compare_view_shows_both_images_pixel_aligned(page_at, viewport, server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = page_at(viewport)
+    page.get_by_label("PAG scale", exact=True).fill("0")
+    cell(page, 1, 1).click()
+    wait_heads(page, "L1H1")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.locator("#downloads a").nth(1).wait_for(timeout=30000)
+    images = page.locator("#compare img")
+    images.nth(1).wait_for()
+    page.wait_for_function("() => [...document.querySelectorAll('#compare img')].every(i => i.complete && i.naturalWidth)")
+    page.locator("#compare").scroll_into_view_if_needed()
+    boxes = [images.nth(i).bounding_box() for i in range(2)]
+    assert boxes[0] == boxes[1]  # the same position and size: no offset, nothing hidden
+    # the screenshot's pixels are the image's pixels on both sides of the slider
+    href = page.locator("#downloads a").nth(0).get_attribute("href")
+    import urllib.request
+
+    unguided = np.asarray(Image.open(__import__("io").BytesIO(urllib.request.urlopen(href).read())).convert("RGB"))
+    seen, xs, ys = shown_pixels(page, "#compare img >> nth=0")
+    handle = page.locator("#compare img").nth(1).evaluate(
+        "i => { const r = i.getBoundingClientRect(); return r.x + r.width / 2; }")
+    # compared everywhere but under the slider's handle (its line and grip, 40 px wide) and the component's own
+    # label and buttons
+    compared = ~covered(page, "#compare", xs, ys) & np.array([abs(x - handle) > 24 for x in xs])[None, :]
+    difference = np.abs(seen.astype(int) - unguided.astype(int))[compared]
+    assert difference.max() <= 2, difference.max()
+    half = len(xs) // 2
+    assert compared[:, :half].sum() > 0.8 * half * len(ys) and compared[:, half:].sum() > 0.8 * half * len(ys)
+    page.locator("#compare").screenshot(path=str(ARTIFACTS / f"studio-compare-{viewport['width']}.png"))
+
+
+@needs_chromium
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_a_working_session_seed_batch_history_xy_png_and_presets(page_at, viewport, server, tmp_path):
+    url, studio, workspace = server
+    page = page_at(viewport)
+    seed_box = page.get_by_label("Seed", exact=True)
+    page.get_by_role("button", name="Random seed").click()
+    page.wait_for_function("() => document.querySelector('input[aria-label=\"Seed\"]')?.value !== '0'", timeout=10000) \
+        if page.locator('input[aria-label="Seed"]').count() else page.wait_for_timeout(1000)
+    seed_box.fill("11")
+    page.get_by_label("Seed batch").fill("2")
+    cell(page, 0, 2).click()
+    wait_heads(page, "L0H2")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.locator("#history img").nth(1).wait_for(timeout=30000)
+    assert page.locator("#history img").count() == 2
+    # a click on the older generation restores its settings
+    seed_box.fill("99")
+    cell(page, 2, 0).click()
+    wait_heads(page, "L0H2,L2H0")
+    page.locator("#history img").nth(1).click()
+    wait_heads(page, "L0H2")
+    assert seed_box.input_value() == "11"
+    # a headhunter PNG dropped on the page loads its settings
+    png = tmp_path / "made.png"
+    from headhunter.metadata import save_png
+
+    save_png(Image.new("RGB", (32, 32)), png, {"prompt": "a lighthouse", "seed": 5, "num_inference_steps": 3,
+                                               "width": 32, "height": 32, "pag_heads": "L1H3@0.5", "pag_scale": 2.5,
+                                               "pag_softness": 0.5, "guidance_scale": 1.0})
+    page.locator("#load-png input[type=file]").set_input_files(str(png))
+    wait_heads(page, "L1H3@0.5")
+    assert page.get_by_label("Prompt", exact=True).input_value() == "a lighthouse" and seed_box.input_value() == "5"
+    # the XY grid: 2 head sets × 3 PAG scales, one labelled image of that size
+    page.get_by_role("tab", name="XY grid").click()
+    rows = page.locator("#xy-rows textarea")
+    rows.wait_for()
+    rows.fill("none\nL1")
+    values = page.locator("#xy-values textarea, #xy-values input").first
+    values.fill("0,2,4")
+    values.press("Tab")
+    page.wait_for_timeout(300)
+    page.get_by_role("button", name="Render grid").click()
+    page.locator("#xy-grid img").wait_for(timeout=60000)
+    page.wait_for_function("() => document.querySelector('#xy-grid img').naturalWidth > 0")
+    natural = page.locator("#xy-grid img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    from headhunter.ui.xy import LABEL_HEIGHT, LABEL_WIDTH
+
+    assert natural == [LABEL_WIDTH + 3 * 128, LABEL_HEIGHT + 2 * 128]
+    page.locator("#xy-file a").first.wait_for(timeout=10000)
+    page.screenshot(path=str(ARTIFACTS / f"studio-xy-{viewport['width']}.png"), full_page=True)
+    # save the heads as a named preset: offered in the menu
+    page.get_by_text("Save, export, import presets").click()
+    name = f"browser-{viewport['width']}"
+    page.get_by_label("Preset name", exact=True).fill(name)
+    page.get_by_role("button", name="Save in the workspace").click()
+    toast(page, f"saved as saved:{name}")
+    assert (workspace / "presets" / f"{name}.json").is_file()
+    # names and head fields that look like paths are refused, with the same message whether the file exists or not
+    for text in ("../../etc/passwd", "/etc/hostname"):
+        page.get_by_label("Preset name", exact=True).fill(text)
+        page.get_by_role("button", name="Save in the workspace").click()
+        toast(page, "Preset name: use letters, digits, '-' and '_' only")
+        page.locator("#heads textarea, #heads input").first.fill(text)
+        page.locator("#head-picker .hh-error", has_text="is neither a head spec").wait_for(timeout=10000)
+    assert not (workspace.parent / "etc").exists()
+
+
+@needs_chromium
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_stop_ends_a_generation_between_steps(page_at, viewport, server):
+    _, studio, _ = server
+    page = page_at(viewport)
+    calls = []
+
+    def slow_step(module, args):
+        calls.append(1)
+        time.sleep(0.05)
+
+    handle = studio.pipe.transformer.register_forward_pre_hook(slow_step)
+    try:
+        page.get_by_label("Steps").fill("300")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        deadline = time.time() + 30
+        while len(calls) < 5 and time.time() < deadline:
+            time.sleep(0.02)
+        page.locator("#stop-images").click()
+        toast(page, "; the last result is kept")
+        assert len(calls) < 100  # of 300 steps
+    finally:
+        handle.remove()
+
+
+def wait_listed(page, name, status, timeout=15):
+    """Wait until the run list shows ``name`` with ``status`` (a row reads "name status objective ...")."""
+    deadline = time.time() + timeout
+    while True:
+        text = " ".join(page.locator("#runs").evaluate("e => e.textContent").split())
+        if f"{name} {status}" in text:
+            return
+        assert time.time() < deadline, text
+        page.wait_for_timeout(200)
+
+
+@needs_chromium
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_search_runs_are_named_listed_stopped_and_resumed_in_the_browser(page_at, viewport, server, tmp_path):
+    _, studio, workspace = server
+    page = page_at(viewport)
+    name = f"browser-run-{viewport['width']}"
+    page.get_by_role("tab", name="Search").click()
+    assert "steps 2, size 32, CFG 1" in page.locator("#search-uses").inner_text()  # what the search takes
+    page.locator("#run-name textarea, #run-name input").first.fill("../escape")
+    page.get_by_role("button", name="Search", exact=True).click()
+    toast(page, "Run name: use letters, digits")
+    page.locator("#run-name textarea, #run-name input").first.fill(name)
+    page.get_by_label("Content prompts").fill("a parrot\na boat")
+    page.get_by_label("Seeds").fill("0")
+    page.get_by_label("Rounds").fill("2")
+    hook = studio.pipe.transformer.register_forward_pre_hook(lambda *a: time.sleep(0.3))  # slow enough to Stop
+    try:
+        page.get_by_role("button", name="Search", exact=True).click()
+        page.locator("#search-status", has_text="best head so far").wait_for(timeout=60000)
+        page.locator("#stop-search").click()
+        page.locator("#search-status", has_text="stopped — resumable").wait_for(timeout=60000)
+    finally:
+        hook.remove()
+    wait_listed(page, name, "stopped — resumable")
+    assert page.locator("#ranking tbody tr").count() >= 1
+    page.locator("#run-name textarea, #run-name input").first.fill("")
+    page.locator("#runs").get_by_text(name, exact=True).locator("visible=true").first.click()  # choose it ...
+    page.wait_for_function("n => [...document.querySelectorAll('#run-name textarea, #run-name input')].some(e => e.value === n)",
+                           arg=name, timeout=10000)
+    page.get_by_role("button", name="Resume the chosen run").click()  # ... and resume it
+    page.locator("#search-status", has_text="done").wait_for(timeout=120000)
+    selected = page.get_by_label("Selected heads").input_value()
+    reference = __import__("headhunter.search", fromlist=["HeadHunter"]).HeadHunter(
+        studio.pipe, "colorfulness", ["a parrot", "a boat"], [0], 2, 2, tmp_path / "reference", num_inference_steps=2,
+        height=32, width=32, pag_scale=3.0, guidance_scale=1.0, model_name="tiny-sd3", progress=False).run()
+    assert selected == str(reference.selected)
+    wait_listed(page, name, "done")
+    page.screenshot(path=str(ARTIFACTS / f"studio-search-{viewport['width']}.png"), full_page=True)
 
 
 def test_search_tab_yields_heatmaps_and_becomes_a_preset(server):
     _, studio, workspace = server
-    updates = list(studio.search("colorfulness", "vivid", "a parrot\na boat", "0", 1, 2, 2, 32, 3.0))
-    status, heatmap, selected, preset = updates[-1]
-    assert status.startswith("done") and Path(heatmap).name == "round-1.png"
-    assert len(selected.split(",")) == 2
+    updates = list(studio.search("colorfulness", "vivid", "a parrot\na boat", "0", 1, 2, PANEL))
+    status, heatmap, ranking, selected, preset, runs = updates[-1]
+    assert " done: " in status and isinstance(heatmap, Image.Image)
+    assert len(selected.split(",")) == 2 and len(ranking) == 11  # round 2: 12 heads less the one chosen in round 1
     assert preset["value"].startswith("run:search-") and preset["value"] in studio.preset_names()
+    assert [r for r in runs if r[0] == preset["value"][4:]][0][1:4] == ["done", "colorfulness", selected]
 
 
 def _wait_for_scores(workspace, runs_before, at_least, timeout=120):
@@ -189,7 +406,7 @@ def test_stop_ends_this_sessions_search_after_the_batch_in_flight(server):
     _, studio, workspace = server
     runs_before = set(workspace.glob("search-*"))
     me, other = SimpleNamespace(session_hash="user-a"), SimpleNamespace(session_hash="user-b")
-    searching = studio.search("colorfulness", "", "a parrot\na boat\na bird", "0,1,2", 1, 3, 2, 32, 3.0, request=me)
+    searching = studio.search("colorfulness", "", "a parrot\na boat\na bird", "0,1,2", 1, 3, PANEL, request=me)
     updates = []
     worker = threading.Thread(target=lambda: updates.extend(searching))
     worker.start()
@@ -206,8 +423,9 @@ def test_stop_ends_this_sessions_search_after_the_batch_in_flight(server):
     time.sleep(1.0)
     assert _scores(run_dir) == after  # nothing runs after it
     status = updates[-1][0]
-    assert status.startswith("stopped — resumable") and f"{after} of 297 images" in status
-    assert any(u[0].startswith("running… ") and " / 297 images" in u[0] for u in updates)  # live progress
+    assert " stopped — resumable: " in status and f"{after} of 297 images" in status
+    running = [u[0] for u in updates if "running… " in u[0]]
+    assert any(" / 297 images" in line and "best head so far L" in line for line in running)  # live progress
     # resumable: the same search in the same run directory picks up where it stopped
     from headhunter.search import HeadHunter
 
@@ -222,14 +440,13 @@ def test_an_image_waits_for_at_most_the_batch_in_flight_of_a_search(server):
     _, studio, workspace = server
     runs_before = set(workspace.glob("search-*"))
     me = SimpleNamespace(session_hash="searcher")
-    searching = studio.search("colorfulness", "", "a parrot\na boat\na bird", "0,1,2", 1, 3, 2, 32, 3.0, request=me)
+    searching = studio.search("colorfulness", "", "a parrot\na boat\na bird", "0,1,2", 1, 3, PANEL, request=me)
     worker = threading.Thread(target=lambda: list(searching))
     worker.start()
     try:
         run_dir, _ = _wait_for_scores(workspace, runs_before, 8)
         before = _scores(run_dir)
-        (unguided, guided), *_ = studio.generate("a red fox", "", 0, 2, 32, 1.0, 3.0, 1.0, "identity", "joint", 0.0,
-                                                 1.0, "L1H0")
+        (unguided, guided), *_ = studio.generate(Settings("a red fox", steps=2, size=32, heads="L1H0"))
         during = _scores(run_dir) - before
         assert during <= 16, during  # the batch in flight (and its scoring), not the rest of the search
         assert guided.size == (32, 32)
@@ -251,8 +468,8 @@ def test_python_snippet_and_command_line_regenerate_the_guided_image(server, tmp
     from headhunter.cli import main
 
     _, studio, _ = server
-    (unguided, guided), _, _, python, cli, _ = studio.generate("a red fox", "", 5, 2, 32, 1.0, 2.0, 0.5, "uniform",
-                                                               "joint", 0.0, 1.0, "L1H2,L0")
+    (unguided, guided), _, _, python, cli, *_ = studio.generate(Settings("a red fox", seed=5, steps=2, size=32, pag_scale=2.0,
+                                                                        softness=0.5, target="uniform", heads="L1H2,L0"))
     namespace = {}
     exec(compile(python, "snippet", "exec"), namespace)
     diff = np.abs(np.asarray(namespace["image"]).astype(int) - np.asarray(guided).astype(int))
@@ -272,8 +489,8 @@ def test_shown_images_are_lossless_and_downloads_carry_their_settings(server):
     from headhunter.metadata import read_settings
 
     url, _, _ = server
-    settings = ["a red fox", "", 5, 2, 32, 1.0, 3.0, 0.5, "identity", "joint", 0.0, 1.0]
-    slider, _, _, python, _, files = Client(url, verbose=False).predict(*settings, "L0H1,L2", api_name="/generate")
+    settings = ["a red fox", "", 5, 2, 32, 1.0, 3.5, 3.0, 0.0, 0.5, "identity", "joint", 0.0, 1.0]
+    slider, _, _, python, _, files, _ = Client(url, verbose=False).predict(*settings, "L0H1,L2", 1, api_name="/generate")
     paths = [p if isinstance(p, str) else p["path"] for p in slider]
     assert all(Image.open(p).format == "PNG" for p in paths)
     shown = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
@@ -292,7 +509,7 @@ def test_shown_images_are_lossless_and_downloads_carry_their_settings(server):
     np.testing.assert_array_equal(np.asarray(Image.open(downloads[1]).convert("RGB")), shown[0])
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (installed by .ci/run)")
+@needs_chromium
 def test_closing_the_page_stops_its_search(server):
     sync_playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)").sync_playwright
     url, studio, workspace = server

@@ -28,13 +28,27 @@ def keeping_last_result(fn: Callable, outputs: int) -> Callable:
     """``fn`` for an event whose outputs must survive a mistake: a ``gr.Error`` becomes a warning toast with the
     message, and every output keeps what it showed (instead of turning into an error badge)."""
 
+    def kept() -> Any:
+        return tuple(gr.skip() for _ in range(outputs)) if outputs > 1 else gr.skip()
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def streaming(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error as err:
+                gr.Warning(str(getattr(err, "message", err)))
+                yield kept()
+
+        return streaming
+
     @functools.wraps(fn)
     def handler(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except gr.Error as err:
             gr.Warning(str(getattr(err, "message", err)))
-            return tuple(gr.skip() for _ in range(outputs)) if outputs > 1 else gr.skip()
+            return kept()
 
     return handler
 
@@ -253,14 +267,15 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         # a search has its own queue slot: it takes the pipeline one batch at a time, so images go in between
         search_outputs = [status, heatmap, ranking, found, preset, runs]
-        search_run.click(with_settings(studio.search, before=("objective", "style", "contents", "seeds", "top_k",
-                                                              "rounds"), after=("run_name",), generator=True),
-                         [objective, style, contents, seeds, top_k, rounds, *settings, run_name], search_outputs,
+        searching = with_settings(studio.search, before=("objective", "style", "contents", "seeds", "top_k", "rounds"),
+                                  after=("run_name",), generator=True)
+        search_run.click(keeping_last_result(searching, len(search_outputs)), [objective, style, contents, seeds, top_k, rounds, *settings, run_name], search_outputs,
                          concurrency_id="search", concurrency_limit=1, api_name="search")
         def resume_run(name: str, request: gr.Request) -> Any:
             yield from studio.resume(name, request)
 
-        resume.click(resume_run, [run_name], search_outputs, concurrency_id="search", concurrency_limit=1)
+        resume.click(keeping_last_result(resume_run, len(search_outputs)), [run_name], search_outputs,
+                     concurrency_id="search", concurrency_limit=1)
         search_stop.click(studio.stop_search, None, None, concurrency_limit=None)
         app.unload(studio.stop_all)  # a closed page stops its work
 

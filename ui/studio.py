@@ -506,9 +506,10 @@ class Studio:
         return text
 
     def search(self, objective: str, style: str, contents: str, seeds: str, top_k: float, rounds: float,
-               settings: Settings, run_name: str = "", request: Any = None) -> Iterator[tuple]:
+               settings: Settings, run_name: str = "", request: Any = None, progress: Any = None) -> Iterator[tuple]:
         """A HeadHunter search in the workspace run ``run_name`` (a new name, or a stopped run's to resume it).
-        Yields (status, heat map, ranking, selected heads, preset menu, run list) while it runs."""
+        Yields (status, heat map, ranking, selected heads, preset menu, run list) while it runs (the status line is
+        its progress; ``progress`` is unused)."""
         prompts = [line.strip() for line in (contents or "").splitlines() if line.strip()]
         if not prompts:
             raise gr.Error("Content prompts: give at least one, one per line")

@@ -171,4 +171,5 @@ def ranking_rows(means: dict[tuple[int, int], float], counts: dict[tuple[int, in
 
 
 def live_heatmap(layout: HeadLayout, means: dict, selected: HeadSet) -> Any:
-    return heatmap_image(means, layout.num_layers, layout.num_heads, {(h.layer, h.head) for h in selected})
+    cell = max(12, min(32, 480 // layout.num_heads))  # small models get cells large enough to see
+    return heatmap_image(means, layout.num_layers, layout.num_heads, {(h.layer, h.head) for h in selected}, cell=cell)
