@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 PIP_FLAGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: test test-slow check-copies demo bench clean
+.PHONY: test test-slow check-copies demo bench screenshots clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test-slow: $(VENV)/.installed
 
 check-copies: $(VENV)/.installed
 	$(PY) -m headhunter.pipelines._copies
+
+screenshots: $(VENV)/.installed
+	$(PY) docs/screenshots.py
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/headhunter demo --out demo-output

@@ -1,0 +1,64 @@
+"""Regenerate the README's studio screenshots (docs/studio-*.png): the tiny offline model, headless Chromium at
+1440×900, one picture per tab after a short session. Run with ``make screenshots`` (needs the dev extra and Debian's
+chromium)."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+from headhunter.testing import tiny_pipeline
+from headhunter.ui import Studio, build_app
+
+OUT = Path(__file__).parent
+
+
+def main() -> None:
+    pipe = tiny_pipeline("tiny-sd3")
+    pipe.set_progress_bar_config(disable=True)
+    app = build_app(Studio(pipe, "tiny-sd3", tempfile.mkdtemp(prefix="headhunter-screenshots-")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#head-picker table").wait_for()
+            page.locator("#heads textarea, #heads input").first.fill("L0H1,L1@0.5,L2H3")
+            page.get_by_label("Seed batch").fill("3")
+            page.get_by_role("button", name="Generate", exact=True).click()
+            page.locator("#history img").nth(2).wait_for(timeout=60000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(OUT / "studio-generate.png"))
+            page.get_by_role("tab", name="Head atlas").click()
+            page.get_by_label("Layer").fill("1")
+            page.get_by_role("button", name="Run atlas").click()
+            page.locator("#atlas img").nth(3).wait_for(timeout=60000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(OUT / "studio-atlas.png"))
+            page.get_by_role("tab", name="XY grid").click()
+            page.get_by_role("button", name="Render grid").click()
+            page.locator("#xy-grid img").wait_for(timeout=60000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(OUT / "studio-xy.png"))
+            page.get_by_role("tab", name="Search").click()
+            page.locator("#run-name textarea, #run-name input").first.fill("readme-example")
+            page.get_by_role("button", name="Search", exact=True).click()
+            page.locator("#search-status", has_text="done").wait_for(timeout=120000)
+            page.wait_for_timeout(1000)
+            page.locator("#search-status").scroll_into_view_if_needed()
+            page.screenshot(path=str(OUT / "studio-search.png"))
+            browser.close()
+    finally:
+        app.close()
+    print("wrote", ", ".join(f"docs/studio-{tab}.png" for tab in ("generate", "atlas", "xy", "search")))
+
+
+if __name__ == "__main__":
+    main()
