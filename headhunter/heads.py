@@ -31,6 +31,7 @@ __all__ = [
     "list_presets",
     "load_preset",
     "preset_family",
+    "preset_from_json",
     "save_preset",
     "unwrap_compiled",
 ]
@@ -395,7 +396,7 @@ def list_presets(family: str | None = None) -> dict[str, dict]:
     found = {}
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
-            preset = _read_preset(json.loads(entry.read_text()), entry.name)
+            preset = preset_from_json(json.loads(entry.read_text()), entry.name)
             if family is None or preset.get("family") == family:
                 found[entry.name[: -len(".json")]] = preset
     return found
@@ -414,7 +415,7 @@ def load_preset(name_or_path: str | Path) -> dict:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"preset file {str(path)!r} is not valid JSON: {err}") from None
-        return _read_preset(data, str(path))
+        return preset_from_json(data, str(path))
     shipped = list_presets()
     if str(name_or_path) not in shipped:
         names = ", ".join(shipped)
@@ -424,7 +425,9 @@ def load_preset(name_or_path: str | Path) -> dict:
     return shipped[str(name_or_path)]
 
 
-def _read_preset(data: Any, where: str) -> dict:
+def preset_from_json(data: Any, where: str) -> dict:
+    """A preset's fields from its decoded JSON (``heads`` as a :class:`HeadSet`); ValueError naming ``where`` when it
+    is not one. For preset data that did not come from a path, such as an upload."""
     if not isinstance(data, dict) or data.get("format") != PRESET_FORMAT or "heads" not in data:
         raise ValueError(f"{where} is not a head preset: expected a JSON object with format {PRESET_FORMAT!r} and heads")
     preset = dict(data)

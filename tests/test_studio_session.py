@@ -135,7 +135,7 @@ def test_stop_ends_a_generation_between_steps_and_only_this_sessions(studio):
         studio.stop_images(other)  # someone else's Stop does nothing here
         time.sleep(0.2)
         assert worker.is_alive()
-        studio.stop_images(me)
+        studio.stop_all(me)  # what closing the page does (the Stop button stops "images" only; browser-tested)
         worker.join(timeout=10)
     finally:
         slow.remove()

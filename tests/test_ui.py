@@ -200,7 +200,7 @@ def covered(page, container, xs, ys, margin=2):
 
 @needs_chromium
 @pytest.mark.parametrize("viewport", VIEWPORTS)
-def test_compare_view_shows_both_images_pixel_aligned(page_at, viewport, server):
+def test_compare_view_shows_both_images_pixel_aligned(page_at, viewport, server, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     page = page_at(viewport)
     page.get_by_label("PAG scale", exact=True).fill("0")
@@ -215,11 +215,23 @@ def test_compare_view_shows_both_images_pixel_aligned(page_at, viewport, server)
     boxes = [images.nth(i).bounding_box() for i in range(2)]
     assert boxes[0] == boxes[1]  # the same position and size: no offset, nothing hidden
     # the screenshot's pixels are the image's pixels on both sides of the slider
-    href = page.locator("#downloads a").nth(0).get_attribute("href")
+    import io
     import urllib.request
 
-    unguided = np.asarray(Image.open(__import__("io").BytesIO(urllib.request.urlopen(href).read())).convert("RGB"))
-    seen, xs, ys = shown_pixels(page, "#compare img >> nth=0")
+    from headhunter.metadata import read_settings
+
+    # the page's two downloads: PNGs whose metadata reads back as the page's settings
+    downloaded = {}
+    for i in range(2):
+        link = page.locator("#downloads a").nth(i)
+        data = urllib.request.urlopen(link.get_attribute("href")).read()
+        (tmp_path / f"download-{i}.png").write_bytes(data)
+        meta = read_settings(tmp_path / f"download-{i}.png")
+        assert (meta["prompt"], meta["pag_scale"], meta["num_inference_steps"]) == ("a red fox in the snow", 0.0, 2)
+        downloaded[meta["pag_heads"]] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert set(downloaded) == {None, "L1H1"}
+    unguided = downloaded[None]
+    seen, xs, ys = shown_pixels(page, "#compare img >> nth=0")  # pag_scale 0: the guided image is the same
     handle = page.locator("#compare img").nth(1).evaluate(
         "i => { const r = i.getBoundingClientRect(); return r.x + r.width / 2; }")
     # compared everywhere but under the slider's handle (its line and grip, 40 px wide) and the component's own

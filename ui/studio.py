@@ -16,6 +16,7 @@ import shlex
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,8 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from headhunter.heads import HeadSet, list_presets, load_preset, preset_family, save_preset
-from headhunter.heads import _read_preset as read_preset_data
+from headhunter.heads import HeadSet, list_presets, load_preset, preset_family, preset_from_json, save_preset
 from headhunter.metadata import read_settings, save_png
 from headhunter.scorers import available_scorers
 from headhunter.search import HeadHunter, SearchCancelled
@@ -175,7 +175,7 @@ class Studio:
         try:
             if path.stat().st_size > 1_000_000:
                 raise ValueError("the file is larger than a preset can be")
-            preset = read_preset_data(json.loads(path.read_text(encoding="utf-8")), "the uploaded file")
+            preset = preset_from_json(json.loads(path.read_text(encoding="utf-8")), "the uploaded file")
             if preset.get("family", self.family) != self.family:
                 raise ValueError(f"it was made for {preset['family']} models, this is {self.family}")
             heads = preset["heads"].validate(self.layout)
@@ -290,7 +290,7 @@ class Studio:
             self._release(request, "images", stop)
         entries = []
         for i, seed in enumerate(seeds):
-            pair_settings = Settings(**{**settings.__dict__, "seed": seed, "heads": str(heads)})
+            pair_settings = replace(settings, seed=seed, heads=str(heads))
             files = self.save_pair(pair_settings, heads, kwargs, made[2 * i], made[2 * i + 1])
             entries.append({"settings": list(pair_settings.values()), "files": files})
         unguided, guided = made[0], made[1]
@@ -412,7 +412,7 @@ class Studio:
         columns: list[list[Image.Image]] = []
         try:
             for c, value in enumerate(values):
-                column = Settings(**{**settings.__dict__, field: value})
+                column = replace(settings, **{field: value})
                 kwargs = self._kwargs(column)
                 images: list[Image.Image] = []
                 for first in range(0, len(rows), IMAGES_PER_CALL):
