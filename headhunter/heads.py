@@ -75,16 +75,36 @@ def _check_softness(u: Any, where: str) -> float:
     return value
 
 
+# The transformers whose heads headhunter addresses: for each layout type, the transformer class and its attention
+# layers as (block list, attention attribute, kind) in the order layers are numbered (L0 = the first block of the
+# first list). Refiner blocks that run before the main stack (Z-Image) and cross-attention (Wan's attn2, SD3.5's
+# image-only attn2) are not addressed.
+MODELS: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
+    "sd3": ("SD3Transformer2DModel", (("transformer_blocks", "attn", "joint"),)),
+    "flux": ("FluxTransformer2DModel", (("transformer_blocks", "attn", "double"),
+                                        ("single_transformer_blocks", "attn", "single"))),
+    "chroma": ("ChromaTransformer2DModel", (("transformer_blocks", "attn", "double"),
+                                            ("single_transformer_blocks", "attn", "single"))),
+    "flux2": ("Flux2Transformer2DModel", (("transformer_blocks", "attn", "double"),
+                                          ("single_transformer_blocks", "attn", "single"))),
+    "qwenimage": ("QwenImageTransformer2DModel", (("transformer_blocks", "attn", "double"),)),
+    "zimage": ("ZImageTransformer2DModel", (("layers", "attention", "single"),)),
+    "wan": ("WanTransformer3DModel", (("blocks", "attn1", "self"),)),
+}
+
+
 @dataclass(frozen=True)
 class HeadLayout:
     """How many attention layers and heads a transformer has, and which module each layer is.
 
     Attributes:
-        model_type: ``"sd3"`` (SD3 / SD3.5 MMDiT) or ``"flux"`` (FLUX.1).
+        model_type: a key of :data:`MODELS`: ``"sd3"`` (SD3 / SD3.5 MMDiT), ``"flux"`` (FLUX.1), ``"chroma"``,
+            ``"flux2"``, ``"qwenimage"``, ``"zimage"`` or ``"wan"`` (Wan 2.x).
         num_layers: number of addressable attention layers (SD3-medium 24, FLUX.1 57).
         num_heads: heads per layer (24 for both families).
         head_dim: channels per head.
-        num_double_layers: FLUX only: layers ``0..num_double_layers-1`` are double-stream blocks, the rest single-stream.
+        num_double_layers: for models with two block lists (FLUX.1, Chroma, FLUX.2): layers ``0..num_double_layers-1``
+            are the double-stream blocks, the rest single-stream.
     """
 
     model_type: str
@@ -95,55 +115,50 @@ class HeadLayout:
 
     @classmethod
     def from_transformer(cls, transformer: Any) -> "HeadLayout":
-        from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
-
         transformer = unwrap_compiled(transformer)
-        config = getattr(transformer, "config", None)
-        if isinstance(transformer, SD3Transformer2DModel):
-            return cls("sd3", len(transformer.transformer_blocks), config.num_attention_heads, config.attention_head_dim)
-        if isinstance(transformer, FluxTransformer2DModel):
-            double = len(transformer.transformer_blocks)
-            return cls(
-                "flux",
-                double + len(transformer.single_transformer_blocks),
-                config.num_attention_heads,
-                config.attention_head_dim,
-                num_double_layers=double,
-            )
-        raise ValueError(
-            f"{type(transformer).__name__} is not supported: headhunter addresses the heads of SD3 / SD3.5 "
-            "(SD3Transformer2DModel) and FLUX.1 (FluxTransformer2DModel) transformers."
-        )
+        classes = {type(transformer).__name__} | {base.__name__ for base in type(transformer).__mro__}
+        for model_type, (class_name, stacks) in MODELS.items():
+            if class_name in classes and all(hasattr(transformer, blocks) for blocks, _, _ in stacks):
+                counts = [len(getattr(transformer, blocks)) for blocks, _, _ in stacks]
+                first = getattr(getattr(transformer, stacks[0][0])[0], stacks[0][1])
+                heads = int(first.heads)
+                head_dim = int(getattr(first, "inner_dim", 0) or first.to_q.out_features) // heads
+                return cls(model_type, sum(counts), heads, head_dim, num_double_layers=counts[0] if len(counts) > 1 else 0)
+        supported = ", ".join(class_name for class_name, _ in MODELS.values())
+        raise ValueError(f"{type(transformer).__name__} is not supported: headhunter addresses the heads of {supported}")
 
     @property
     def num_total_heads(self) -> int:
         return self.num_layers * self.num_heads
 
+    def _locate(self, layer: int) -> tuple[str, str, str, int]:
+        """(block list, attention attribute, kind, index in the list) of ``layer``."""
+        stacks = MODELS[self.model_type][1]
+        if len(stacks) > 1 and layer >= self.num_double_layers:
+            return (*stacks[1], layer - self.num_double_layers)
+        return (*stacks[0], layer)
+
     def block(self, transformer: Any, layer: int) -> Any:
         """The transformer block that holds ``layer``'s attention."""
-        transformer = unwrap_compiled(transformer)
-        if self.model_type == "flux" and layer >= self.num_double_layers:
-            return transformer.single_transformer_blocks[layer - self.num_double_layers]
-        return transformer.transformer_blocks[layer]
+        blocks, _, _, index = self._locate(layer)
+        return getattr(unwrap_compiled(transformer), blocks)[index]
 
     def attention(self, transformer: Any, layer: int) -> Any:
-        """The attention module of ``layer`` (SD3.5's image-only ``attn2`` is never addressed)."""
-        return self.block(transformer, layer).attn
+        """The attention module of ``layer`` (cross-attention and SD3.5's image-only ``attn2`` are never addressed)."""
+        return getattr(self.block(transformer, layer), self._locate(layer)[1])
 
     def block_kind(self, layer: int) -> str:
-        """``"joint"`` (SD3), ``"double"`` or ``"single"`` (FLUX)."""
-        if self.model_type == "sd3":
-            return "joint"
-        return "double" if layer < self.num_double_layers else "single"
+        """``"joint"`` (SD3), ``"double"`` or ``"single"`` (FLUX.1, Chroma, FLUX.2; Qwen-Image is double, Z-Image
+        single), ``"self"`` (Wan's self-attention)."""
+        return self._locate(layer)[2]
 
     def module_name(self, layer: int) -> str:
-        if self.model_type == "flux" and layer >= self.num_double_layers:
-            return f"single_transformer_blocks.{layer - self.num_double_layers}.attn"
-        return f"transformer_blocks.{layer}.attn"
+        blocks, attribute, _, index = self._locate(layer)
+        return f"{blocks}.{index}.{attribute}"
 
     def describe(self) -> str:
         text = f"layers 0-{self.num_layers - 1} (L0..L{self.num_layers - 1}), heads 0-{self.num_heads - 1}"
-        if self.model_type == "flux":
+        if self.num_double_layers:
             text += f"; layers 0-{self.num_double_layers - 1} are double-stream, the rest single-stream"
         return text
 
