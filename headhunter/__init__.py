@@ -21,6 +21,7 @@ _EXPORTS = {
     "PerturbationPlan": "attention",
     "build_plan": "attention",
     "perturbed_heads": "attention",
+    "perturb": "attention",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["TINY_MODELS", "tiny_clip_tokenizer", "tiny_components", "tiny_pipeline", "tiny_t5_tokenizer"]
+__all__ = ["TINY_MODELS", "TINY_TRANSFORMERS", "tiny_clip_tokenizer", "tiny_components", "tiny_pipeline", "tiny_t5_tokenizer",
+           "tiny_transformer"]
 
 #: Names accepted by :func:`tiny_pipeline` (and by the CLI's ``--model``).
 TINY_MODELS = ("tiny-sd3", "tiny-sd3.5", "tiny-sd3.5-dual", "tiny-flux")
@@ -212,3 +213,78 @@ def build_pipeline(pipeline_class: Any, components: dict) -> Any:
     pipe = pipeline_class(**{k: v for k, v in components.items() if k in accepted})
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+#: Layout types of :func:`tiny_transformer`.
+TINY_TRANSFORMERS = ("sd3", "flux", "chroma", "flux2", "qwenimage", "zimage", "wan")
+
+
+def tiny_transformer(model_type: str, batch: int = 2, seed: int = 0) -> tuple[Any, dict]:
+    """A tiny random-weight transformer of the real class for ``model_type`` (a key of
+    :data:`headhunter.heads.MODELS`), and the inputs of one forward with ``batch`` rows (random latents and text
+    embeddings, positions and masks as its pipeline makes them; Qwen-Image's and Z-Image's texts of two lengths, so
+    their attention masks pad). Two heads of 16 channels per layer (the SD3 one: 4 heads of 8)."""
+    import diffusers
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator)
+
+    torch.manual_seed(seed)  # the weights
+    image, text = 16, 6
+    if model_type == "sd3":
+        model = tiny_components("tiny-sd3")["transformer"]
+        config = model.config
+        side = int(image**0.5) * config.patch_size
+        inputs = dict(hidden_states=randn(batch, config.in_channels, side, side),
+                      encoder_hidden_states=randn(batch, text, config.joint_attention_dim),
+                      pooled_projections=randn(batch, config.pooled_projection_dim), timestep=torch.full((batch,), 500.0))
+    elif model_type in ("flux", "chroma", "flux2"):
+        common = dict(patch_size=1, in_channels=8, num_layers=2, num_single_layers=2, attention_head_dim=16,
+                      num_attention_heads=2, joint_attention_dim=16)
+        if model_type == "flux":
+            model = diffusers.FluxTransformer2DModel(**common, pooled_projection_dim=16, axes_dims_rope=(4, 6, 6))
+            extra = dict(pooled_projections=randn(batch, 16), img_ids=_grid_ids(image, 3), txt_ids=torch.zeros(text, 3))
+        elif model_type == "chroma":
+            model = diffusers.ChromaTransformer2DModel(**common, axes_dims_rope=(4, 6, 6), approximator_num_channels=8,
+                                                       approximator_hidden_dim=32, approximator_layers=1)
+            extra = dict(img_ids=_grid_ids(image, 3), txt_ids=torch.zeros(text, 3))
+        else:
+            model = diffusers.Flux2Transformer2DModel(**common, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4))
+            extra = dict(img_ids=_grid_ids(image, 4)[None].expand(batch, -1, -1),
+                         txt_ids=torch.zeros(batch, text, 4), guidance=torch.full((batch,), 3.5))
+        inputs = dict(hidden_states=randn(batch, image, 8), encoder_hidden_states=randn(batch, text, 16),
+                      timestep=torch.full((batch,), 0.5), **extra)
+    elif model_type == "qwenimage":
+        model = diffusers.QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=3,
+                                                      attention_head_dim=16, num_attention_heads=2,
+                                                      joint_attention_dim=16, axes_dims_rope=(4, 6, 6))
+        mask = torch.ones(batch, text, dtype=torch.long)
+        mask[1:, text - 2 :] = 0  # the second prompt is shorter
+        inputs = dict(hidden_states=randn(batch, image, 16), encoder_hidden_states=randn(batch, text, 16),
+                      encoder_hidden_states_mask=mask, timestep=torch.full((batch,), 0.5), img_shapes=[[(1, 4, 4)]] * batch)
+    elif model_type == "zimage":
+        model = diffusers.ZImageTransformer2DModel(in_channels=4, dim=32, n_layers=3, n_refiner_layers=1, n_heads=2,
+                                                   n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6],
+                                                   axes_lens=[64, 32, 32])
+        inputs = dict(x=[randn(4, 1, 8, 8) for _ in range(batch)], t=torch.full((batch,), 0.5),
+                      cap_feats=[randn(text - 2 * (i % 2), 16) for i in range(batch)])
+    elif model_type == "wan":
+        model = diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
+                                                in_channels=4, out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32,
+                                                num_layers=3, rope_max_seq_len=32)
+        inputs = dict(hidden_states=randn(batch, 4, 2, 8, 8), timestep=torch.full((batch,), 500),
+                      encoder_hidden_states=randn(batch, text, 16))
+    else:
+        raise ValueError(f"unknown model type {model_type!r}; choose one of {', '.join(TINY_TRANSFORMERS)}")
+    return model.eval(), inputs
+
+
+def _grid_ids(tokens: int, axes: int) -> torch.Tensor:
+    """Position ids of a square latent grid: (0, row, column[, 0]) per token."""
+    side = int(tokens**0.5)
+    ids = torch.zeros(tokens, axes)
+    ids[:, 1] = torch.arange(tokens) // side
+    ids[:, 2] = torch.arange(tokens) % side
+    return ids

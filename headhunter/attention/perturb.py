@@ -1,0 +1,113 @@
+"""``headhunter.perturb``: perturb given heads for every row of a transformer's forward — the building block of
+guidance loops that run the perturbed pass on its own (diffusers' guiders, modular pipelines, your own sampler)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import torch
+
+from ..heads import HeadLayout, HeadSet, HeadSetLike, unwrap_compiled
+from ..locking import holding_transformer
+from .dispatch import DispatchPerturbation, hook_dispatch, mirror_signature
+from .processors import SoftPAGJointProcessor
+from .targets import check_target_scope
+
+__all__ = ["perturb"]
+
+
+class _JointAllRows:
+    """SD3's joint attention perturbed on every row (its stock processor calls SDPA directly, so headhunter's joint
+    processor computes it, through ``dispatch_attention_fn``)."""
+
+    def __init__(self, original: Any, u: torch.Tensor, target: str, scope: str):
+        self.session = SimpleNamespace(active=True, base_rows=0, perturbed_rows=0, target=target, scope=scope,
+                                       text_len=None)
+        self.inner = SoftPAGJointProcessor(self.session)  # type: ignore[arg-type]
+        self.inner.attach(original)
+        self.original = original
+        self.u = u
+        mirror_signature(self, original)
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        rows = hidden_states.shape[0]
+        self.session.perturbed_rows = rows
+        self.inner.u = self.u.to(hidden_states.device)[None].expand(rows, -1)
+        return self.inner(attn, hidden_states, *args, **kwargs)
+
+
+_STAND_INS = (_JointAllRows, DispatchPerturbation)
+
+
+@contextmanager
+def perturb(
+    transformer: torch.nn.Module,
+    heads: HeadSetLike,
+    *,
+    softness: float = 1.0,
+    target: str = "identity",
+    scope: str = "joint",
+    text_len: int | None = None,
+) -> Iterator[HeadSet]:
+    """Perturb ``heads`` of ``transformer`` in every forward inside the block; the stock processors come back on exit.
+
+    Example::
+
+        with headhunter.perturb(pipe.transformer, "L13H17@0.5,L2", target="identity", scope="joint"):
+            noise_perturbed = pipe.transformer(...)
+
+    Args:
+        transformer: any transformer of :data:`headhunter.heads.MODELS` (compiled or not).
+        heads: a spec (``"L13H17@0.5,L2"``), a preset name, a :class:`HeadSet`, ...
+        softness: u for heads without their own ``@u``; u = 0 leaves a head's output bit for bit.
+        target: ``identity``, ``uniform``, ``query_mean`` or ``max``.
+        scope: ``joint`` (the whole sequence) or ``image`` (identity only: each image token attends to itself and
+            to the text, as diffusers' SD3 PAG). On single-stream layers the image scope needs ``text_len``, the text
+            tokens at the start of the sequence (FLUX.1, Chroma, FLUX.2); Z-Image's single stream is not supported.
+        text_len: see ``scope``.
+    Yields:
+        the heads, resolved against the model.
+
+    The transformer's lock is held inside the block, so a pipeline call on it from another thread waits. Blocks do
+    not nest on one transformer.
+    """
+    check_target_scope(target, scope)
+    layout = HeadLayout.from_transformer(transformer)
+    chosen = HeadSet.coerce(heads).resolve(layout)
+    table = chosen.softness_map(layout, softness)
+    if scope == "image":
+        for layer in sorted({layer for layer, _ in table}):
+            kind = layout.block_kind(layer)
+            if kind == "single" and (text_len is None or layout.model_type == "zimage"):
+                raise ValueError(
+                    f"pag_scope='image' on L{layer}, a single-stream layer of {layout.model_type}, needs text_len "
+                    "(the text tokens before the image ones)" if layout.model_type != "zimage" else
+                    "pag_scope='image' is not supported on Z-Image's single-stream layers; use scope='joint'")
+    module = unwrap_compiled(transformer)
+    parameter = next(module.parameters(), None)
+    device = parameter.device if parameter is not None and parameter.device.type != "meta" else torch.device("cpu")
+    per_layer: dict[int, torch.Tensor] = {}
+    for (layer, head), u in table.items():
+        per_layer.setdefault(layer, torch.zeros(layout.num_heads, dtype=torch.float32))[head] = u
+    with holding_transformer(module):
+        installed: dict[int, Any] = {}
+        try:
+            for layer, u in sorted(per_layer.items()):
+                attention = layout.attention(module, layer)
+                original = attention.processor
+                if isinstance(original, _STAND_INS):
+                    raise RuntimeError("headhunter.perturb is already active on this transformer (it does not nest)")
+                u = u.to(device)
+                if layout.model_type == "sd3":
+                    stand_in = _JointAllRows(original, u, target, scope)
+                else:
+                    hook_dispatch(type(original).__module__)
+                    stand_in = DispatchPerturbation(original, u, target, scope, layout.block_kind(layer), text_len)
+                installed[layer] = original
+                attention.set_processor(stand_in)
+            yield chosen
+        finally:
+            for layer, original in installed.items():
+                layout.attention(module, layer).set_processor(original)
