@@ -272,9 +272,9 @@ def tiny_transformer(model_type: str, batch: int = 2, seed: int = 0) -> tuple[An
                       cap_feats=[randn(text - 2 * (i % 2), 16) for i in range(batch)])
     elif model_type == "wan":
         model = diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
-                                                in_channels=4, out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32,
+                                                in_channels=16, out_channels=16, text_dim=16, freq_dim=32, ffn_dim=32,
                                                 num_layers=3, rope_max_seq_len=32)
-        inputs = dict(hidden_states=randn(batch, 4, 2, 8, 8), timestep=torch.full((batch,), 500),
+        inputs = dict(hidden_states=randn(batch, 16, 2, 8, 8), timestep=torch.full((batch,), 500),
                       encoder_hidden_states=randn(batch, text, 16))
     else:
         raise ValueError(f"unknown model type {model_type!r}; choose one of {', '.join(TINY_TRANSFORMERS)}")
