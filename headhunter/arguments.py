@@ -145,7 +145,8 @@ def check_image_size(pipe: Any, height: int | None, width: int | None) -> None:
     transformer's position-embedding grid. ``None`` means the pipeline's default."""
     config = pipe.transformer.config
     family = HeadLayout.from_transformer(pipe.transformer).model_type
-    patch = 2 if family == "flux" else int(config.patch_size)  # FLUX's pipeline packs 2×2 latent patches itself
+    # FLUX.1's and FLUX.2's pipelines pack 2×2 latent patches themselves
+    patch = 2 if family in ("flux", "flux2") else int(config.patch_size)
     multiple = int(pipe.vae_scale_factor) * patch
     largest = MAX_IMAGE_SIDE
     if getattr(config, "pos_embed_max_size", None):

@@ -94,6 +94,11 @@ class HeadHunterGuidance(BaseGuidance):
                 settings[key] = data[key]
         return cls(**{**settings, **overrides})
 
+    def set_heads(self, heads: Any) -> None:
+        """Perturb ``heads`` from the next step on (its config follows, so ``save_pretrained`` writes them)."""
+        self.heads = HeadSet.parse(heads) if isinstance(heads, str) else HeadSet.coerce(heads)
+        self.register_to_config(heads=str(self.heads))
+
     # --- which passes run this step ---------------------------------------------------------------------------------
     def _cfg_on(self) -> bool:
         return self._enabled and not math.isclose(self.guidance_scale, 1.0)

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["TINY_MODELS", "TINY_TRANSFORMERS", "tiny_clip_tokenizer", "tiny_components", "tiny_pipeline", "tiny_t5_tokenizer",
+__all__ = ["TINY_MODELS", "TINY_MODULAR", "TINY_MODULAR_CALL", "TINY_TRANSFORMERS", "tiny_clip_tokenizer",
+           "tiny_components", "tiny_modular_pipeline", "tiny_pipeline", "tiny_qwen_tokenizer", "tiny_t5_tokenizer",
            "tiny_transformer"]
 
 #: Names accepted by :func:`tiny_pipeline` (and by the CLI's ``--model``).
@@ -288,3 +289,79 @@ def _grid_ids(tokens: int, axes: int) -> torch.Tensor:
     ids[:, 1] = torch.arange(tokens) // side
     ids[:, 2] = torch.arange(tokens) % side
     return ids
+
+
+#: Layout types of :func:`tiny_modular_pipeline` (full modular pipelines: text encoder, VAE, transformer, guider).
+TINY_MODULAR = ("flux2", "qwenimage")
+
+
+def tiny_qwen_tokenizer() -> Any:
+    """A character-level ``Qwen2TokenizerFast`` (one token per ASCII character, ``<|endoftext|>`` as padding) with a
+    chat template that keeps the message text, for the Qwen text encoders of FLUX.2 Klein and Qwen-Image."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = Qwen2TokenizerFast(tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    return tokenizer
+
+
+def tiny_modular_pipeline(model_type: str = "qwenimage", seed: int = 0) -> Any:
+    """A tiny random-weight diffusers modular pipeline of the real blocks — FLUX.2 Klein base (``"flux2"``, Qwen3 text
+    encoder) or Qwen-Image (``"qwenimage"``, Qwen2.5-VL text encoder) — with tiny text encoder, tokenizer, VAE and
+    transformer, wrapped as a :class:`~headhunter.pipelines.HeadHunterModularPipeline`. Images are 32 px; FLUX.2 calls
+    need ``max_sequence_length`` and ``text_encoder_out_layers=(1, 2, 3)`` (:data:`TINY_MODULAR_CALL`)."""
+    import diffusers
+
+    from headhunter.pipelines import HeadHunterModularPipeline
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_qwen_tokenizer()
+    vocab = len(tokenizer)
+    if model_type == "flux2":
+        from diffusers.modular_pipelines.flux2.modular_blocks_flux2_klein_base import Flux2KleinBaseAutoBlocks
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        text_encoder = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab, hidden_size=8, intermediate_size=16,
+                                                    num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2,
+                                                    head_dim=4))
+        vae = diffusers.AutoencoderKLFlux2(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                                           up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
+                                           latent_channels=2, norm_num_groups=4)
+        transformer = diffusers.Flux2Transformer2DModel(
+            patch_size=1, in_channels=8, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+            joint_attention_dim=24, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False)
+        blocks = Flux2KleinBaseAutoBlocks()
+    elif model_type == "qwenimage":
+        from diffusers.modular_pipelines.qwenimage.modular_blocks_qwenimage import QwenImageAutoBlocks
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        config = Qwen2_5_VLConfig(
+            text_config=dict(vocab_size=vocab, bos_token_id=None, eos_token_id=2, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=2,
+                             rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+            vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16,
+                               patch_size=2, window_size=4, fullatt_block_indexes=[0]))
+        text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+        vae = diffusers.AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1,
+                                               temperal_downsample=[False], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+        transformer = diffusers.QwenImageTransformer2DModel(
+            patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+            joint_attention_dim=16, axes_dims_rope=(4, 6, 6))
+        blocks = QwenImageAutoBlocks()
+    else:
+        raise ValueError(f"unknown modular model type {model_type!r}; choose one of {', '.join(TINY_MODULAR)}")
+    modular = blocks.init_pipeline()
+    modular.update_components(text_encoder=text_encoder.eval(), tokenizer=tokenizer, vae=vae.eval(),
+                              transformer=transformer.eval(), scheduler=diffusers.FlowMatchEulerDiscreteScheduler())
+    modular.set_progress_bar_config(disable=True)
+    return HeadHunterModularPipeline(modular, name_or_path=f"tiny-{model_type}")
+
+
+#: Extra call arguments the tiny modular pipelines need (their text encoders are 2-3 layers deep).
+TINY_MODULAR_CALL = {"flux2": {"max_sequence_length": 16, "text_encoder_out_layers": (1, 2, 3)}, "qwenimage": {}}

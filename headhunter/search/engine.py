@@ -180,10 +180,12 @@ class HeadHunter:
     def _count_blocks(self) -> Iterator[None]:
         """Count transformer block evaluations (batch rows through each block) during a pipeline call."""
         transformer = self.pipe.transformer
-        blocks = list(transformer.transformer_blocks) + list(getattr(transformer, "single_transformer_blocks", []))
+        blocks = [self.layout.block(transformer, layer) for layer in range(self.layout.num_layers)]
 
         def hook(module: Any, args: Any, output: Any) -> None:
-            self._blocks += output[1].shape[0]
+            # blocks return a tensor or a tuple whose first entry may be None (SD3's last block has no text output)
+            rows = next(t for t in (output if isinstance(output, tuple) else (output,)) if torch.is_tensor(t))
+            self._blocks += rows.shape[0]
 
         handles = [block.register_forward_hook(hook) for block in blocks]
         try:

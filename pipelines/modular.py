@@ -1,0 +1,109 @@
+"""``HeadHunterModularPipeline``: a diffusers modular pipeline (FLUX.2 Klein base, Qwen-Image, ...) driven with
+:class:`~headhunter.guiders.HeadHunterGuidance` behind the call of the HeadHunter pipelines, so the search, the
+evaluation and the command line run on these models unchanged.
+
+Each image is its own call of the modular pipeline: the guider perturbs one head set per call (a head set per image
+of a batch would need the per-row plans of the SD3 / FLUX.1 pipelines).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from headhunter.guiders import HeadHunterGuidance
+from headhunter.heads import HeadLayout, HeadSet
+from headhunter.locking import holding_transformer
+
+__all__ = ["HeadHunterModularPipeline"]
+
+
+class HeadHunterModularPipeline:
+    """Wrap ``modular`` (a ``diffusers.ModularPipeline`` whose blocks take a guider) for head-level guidance.
+
+    Call it like ``HeadHunterSD3Pipeline``: ``pipe(prompts, generator=..., pag_heads=[...one per image...],
+    pag_scale=..., guidance_scale=..., num_inference_steps=..., height=..., width=..., output_type="pil" | "pt")``;
+    other keyword arguments (``negative_prompt``, ``max_sequence_length``, ...) go to the modular pipeline.
+    ``guidance_scale`` ≤ 1 means no classifier-free guidance, as in diffusers' pipelines.
+    """
+
+    def __init__(self, modular: Any, name_or_path: str = ""):
+        self.modular = modular
+        self.transformer = modular.transformer
+        self.head_layout = HeadLayout.from_transformer(self.transformer)
+        self.name_or_path = name_or_path
+        self.share_prefix = False  # the guider runs the perturbed pass on its own
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(self.modular.vae_scale_factor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def to(self, *args: Any, **kwargs: Any) -> "HeadHunterModularPipeline":
+        self.modular.to(*args, **kwargs)
+        return self
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        self.modular.set_progress_bar_config(**kwargs)
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        pag_heads: Any = None,
+        pag_scale: float = 3.0,
+        pag_softness: float = 1.0,
+        pag_target: str = "identity",
+        pag_scope: str = "joint",
+        pag_interval: Sequence[float] = (0.0, 1.0),
+        pag_adaptive_scale: float = 0.0,
+        guidance_scale: float | None = None,
+        num_inference_steps: int = 28,
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "pil",
+        **kwargs: Any,
+    ) -> SimpleNamespace:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        generators = generator if isinstance(generator, (list, tuple)) else [generator] * len(prompts)
+        plans = pag_heads if isinstance(pag_heads, (list, tuple)) and not _is_head_tuple(pag_heads) else [pag_heads] * len(prompts)
+        if not len(generators) == len(plans) == len(prompts):
+            raise ValueError(f"{len(prompts)} prompts, {len(generators)} generators and {len(plans)} head sets")
+        cfg = float(guidance_scale) if guidance_scale is not None and guidance_scale > 1 else 1.0
+        start, stop = (float(x) for x in pag_interval)
+        images = []
+        heads_per_image = [HeadSet.coerce(heads).validate(self.head_layout) for heads in plans]
+        with holding_transformer(self.transformer):
+            guider = HeadHunterGuidance(pag_scale=pag_scale, guidance_scale=cfg, pag_softness=pag_softness,
+                                        pag_target=pag_target, pag_scope=pag_scope,
+                                        pag_adaptive_scale=pag_adaptive_scale, start=start, stop=stop)
+            self.modular.update_components(guider=guider)
+            for text, gen, heads in zip(prompts, generators, heads_per_image):
+                guider.set_heads(heads)
+                out = self.modular(prompt=text, generator=gen, num_inference_steps=num_inference_steps, height=height,
+                                   width=width, output="images", **kwargs)
+                images.append(out[0] if isinstance(out, (list, tuple)) else out)
+        if output_type == "pt":
+            return SimpleNamespace(images=torch.stack([_to_tensor(image) for image in images]))
+        return SimpleNamespace(images=images)
+
+
+def _is_head_tuple(value: Any) -> bool:
+    """``(13, 17)`` is one head, not a list of per-image head sets."""
+    return isinstance(value, tuple) and len(value) in (2, 3) and all(isinstance(v, (int, float)) or v is None for v in value)
+
+
+def _to_tensor(image: Any) -> torch.Tensor:
+    """A PIL image or a [C, H, W] / [H, W, C] array in [0, 1] as a float [3, H, W] tensor in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        return image.float() if image.shape[0] == 3 else image.permute(2, 0, 1).float()
+    array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    tensor = torch.from_numpy(array.copy())
+    tensor = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+    return tensor.permute(2, 0, 1)
