@@ -314,8 +314,8 @@ def tiny_qwen_tokenizer() -> Any:
 def tiny_modular_pipeline(model_type: str = "qwenimage", seed: int = 0) -> Any:
     """A tiny random-weight diffusers modular pipeline of the real blocks — FLUX.2 Klein base (``"flux2"``, Qwen3 text
     encoder) or Qwen-Image (``"qwenimage"``, Qwen2.5-VL text encoder) — with tiny text encoder, tokenizer, VAE and
-    transformer, wrapped as a :class:`~headhunter.pipelines.HeadHunterModularPipeline`. Images are 32 px; FLUX.2 calls
-    need ``max_sequence_length`` and ``text_encoder_out_layers=(1, 2, 3)`` (:data:`TINY_MODULAR_CALL`)."""
+    transformer, wrapped as a :class:`~headhunter.pipelines.HeadHunterModularPipeline`. Images are 32 px; calls take
+    :data:`TINY_MODULAR_CALL` (a short text length for speed)."""
     import diffusers
 
     from headhunter.pipelines import HeadHunterModularPipeline
@@ -327,9 +327,10 @@ def tiny_modular_pipeline(model_type: str = "qwenimage", seed: int = 0) -> Any:
         from diffusers.modular_pipelines.flux2.modular_blocks_flux2_klein_base import Flux2KleinBaseAutoBlocks
         from transformers import Qwen3Config, Qwen3ForCausalLM
 
+        # 28 layers, as the real one: the blocks read hidden states 9, 18 and 27
         text_encoder = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab, hidden_size=8, intermediate_size=16,
-                                                    num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2,
-                                                    head_dim=4))
+                                                    num_hidden_layers=28, num_attention_heads=2, num_key_value_heads=2,
+                                                    head_dim=4, bos_token_id=None, eos_token_id=2))
         vae = diffusers.AutoencoderKLFlux2(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
                                            up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
                                            latent_channels=2, norm_num_groups=4)
@@ -363,5 +364,5 @@ def tiny_modular_pipeline(model_type: str = "qwenimage", seed: int = 0) -> Any:
     return HeadHunterModularPipeline(modular, name_or_path=f"tiny-{model_type}")
 
 
-#: Extra call arguments the tiny modular pipelines need (their text encoders are 2-3 layers deep).
-TINY_MODULAR_CALL = {"flux2": {"max_sequence_length": 16, "text_encoder_out_layers": (1, 2, 3)}, "qwenimage": {}}
+#: Call arguments that keep the tiny modular pipelines fast (FLUX.2 pads every prompt to 512 tokens by default).
+TINY_MODULAR_CALL = {"flux2": {"max_sequence_length": 32}, "qwenimage": {}}

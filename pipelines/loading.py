@@ -7,7 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_device", "default_device", "load_pipeline", "model_family", "resolve_dtype"]
+__all__ = ["MODULAR_FAMILIES", "call_defaults", "check_device", "default_device", "is_tiny", "load_pipeline",
+           "model_family", "resolve_dtype"]
+
+#: Families the command line runs through diffusers' modular pipelines and HeadHunterGuidance.
+MODULAR_FAMILIES = ("flux2", "qwenimage")
+_TINY_MODULAR = {f"tiny-{family}": family for family in MODULAR_FAMILIES}
+# model_index.json class names (checked in this order: "Flux2..." before "Flux...") and their families
+_CLASS_FAMILIES = (("Flux2", "flux2"), ("Flux", "flux"), ("StableDiffusion3", "sd3"), ("QwenImage", "qwenimage"))
+_PYTHON_ONLY = (("Chroma", "Chroma"), ("ZImage", "Z-Image"), ("Wan", "Wan"))
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
           "bf16": "bfloat16"}
@@ -52,19 +60,39 @@ def resolve_dtype(name: str, device: str, family: str) -> Any:
     if name == "auto":
         if device.startswith("cpu"):
             return torch.float32
-        return torch.bfloat16 if family == "flux" else torch.float16
+        return torch.float16 if family == "sd3" else torch.bfloat16
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose auto, float32, float16 or bfloat16")
     return getattr(torch, DTYPES[name])
 
 
+def is_tiny(model: str) -> bool:
+    """Whether ``model`` names one of the tiny offline models (``tiny-sd3``, ``tiny-flux``, ``tiny-qwenimage``...)."""
+    from headhunter.testing import TINY_MODELS
+
+    return model.lower() in TINY_MODELS or model.lower() in _TINY_MODULAR
+
+
+def call_defaults(family: str, tiny: bool) -> dict[str, Any]:
+    """Pipeline arguments a model needs beyond the common ones: the tiny models' short text encoders."""
+    from headhunter.testing import TINY_MODULAR_CALL
+
+    if not tiny:
+        return {}
+    if family == "flux":
+        return {"max_sequence_length": 48}
+    return dict(TINY_MODULAR_CALL.get(family, {}))
+
+
 def model_family(model: str) -> str:
-    """``"sd3"`` or ``"flux"`` for a tiny model name, a local pipeline folder or a hub id (read from its
-    model_index.json; needs the hub or the local cache)."""
+    """``"sd3"``, ``"flux"``, ``"flux2"`` or ``"qwenimage"`` for a tiny model name, a local pipeline folder or a hub
+    id (read from its model_index.json; needs the hub or the local cache)."""
     from headhunter.testing import TINY_MODELS
 
     if model.lower() in TINY_MODELS:
         return "flux" if "flux" in model.lower() else "sd3"
+    if model.lower() in _TINY_MODULAR:
+        return _TINY_MODULAR[model.lower()]
     index = Path(model) / "model_index.json"
     if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
         raise ValueError(f"model folder {model!r} does not exist")
@@ -82,11 +110,15 @@ def model_family(model: str) -> str:
             f"cannot read model {model!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
             "Pass a local pipeline folder, or a hub id that is cached or reachable (unset HF_HUB_OFFLINE)."
         ) from None
-    if "Flux" in class_name:
-        return "flux"
-    if "StableDiffusion3" in class_name:
-        return "sd3"
-    raise ValueError(f"model {model!r} is a {class_name or 'unknown pipeline'}; headhunter supports SD3, SD3.5 and FLUX.1")
+    for prefix, family in _CLASS_FAMILIES:
+        if prefix in class_name:
+            return family
+    for prefix, name in _PYTHON_ONLY:
+        if prefix in class_name:
+            raise ValueError(f"model {model!r} is a {class_name}: the command line runs SD3, SD3.5, FLUX.1, FLUX.2 Klein "
+                             f"base and Qwen-Image; for {name} use headhunter.perturb or HeadHunterGuidance from Python")
+    raise ValueError(f"model {model!r} is a {class_name or 'unknown pipeline'}; the command line runs SD3, SD3.5, "
+                     "FLUX.1, FLUX.2 Klein base and Qwen-Image")
 
 
 def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", offload: bool = False) -> Any:
@@ -101,6 +133,10 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", of
     torch_dtype = resolve_dtype(dtype, device, family)
     if offload and device.startswith("cpu"):
         raise ValueError("--offload needs an accelerator device (e.g. --device cuda)")
+    if family in MODULAR_FAMILIES:
+        if offload:
+            raise ValueError("--offload is not supported for FLUX.2 and Qwen-Image (modular pipelines) yet")
+        return _load_modular(model, family, torch_dtype).to(device)
     if model.lower() in TINY_MODELS:
         pipe = tiny_pipeline(model.lower())
         if torch_dtype != pipe.transformer.dtype:
@@ -116,3 +152,23 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", of
     else:
         pipe.to(device)
     return pipe
+
+
+def _load_modular(model: str, family: str, torch_dtype: Any) -> Any:
+    """A diffusers modular pipeline for ``model``, wrapped for head-level guidance."""
+    from headhunter.testing import tiny_modular_pipeline
+
+    from .modular import HeadHunterModularPipeline
+
+    if model.lower() in _TINY_MODULAR:
+        pipe = tiny_modular_pipeline(family)
+        pipe.modular.to(dtype=torch_dtype)
+        return pipe
+    from diffusers import ModularPipeline
+
+    try:
+        modular = ModularPipeline.from_pretrained(model)
+        modular.load_components(dtype=torch_dtype)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load {model!r}: {str(err).splitlines()[0]}") from None
+    return HeadHunterModularPipeline(modular, name_or_path=model)

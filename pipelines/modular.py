@@ -31,6 +31,11 @@ class HeadHunterModularPipeline:
     """
 
     def __init__(self, modular: Any, name_or_path: str = ""):
+        expected = {spec.name for spec in modular.blocks.expected_components}
+        if "guider" not in expected:
+            raise ValueError(
+                f"{name_or_path or type(modular).__name__}: its modular blocks take no guider (a guidance-distilled "
+                "model such as FLUX.2 [dev] or FLUX.2 Klein); use headhunter.perturb in your own sampling loop")
         self.modular = modular
         self.transformer = modular.transformer
         self.head_layout = HeadLayout.from_transformer(self.transformer)
@@ -75,6 +80,11 @@ class HeadHunterModularPipeline:
         plans = pag_heads if isinstance(pag_heads, (list, tuple)) and not _is_head_tuple(pag_heads) else [pag_heads] * len(prompts)
         if not len(generators) == len(plans) == len(prompts):
             raise ValueError(f"{len(prompts)} prompts, {len(generators)} generators and {len(plans)} head sets")
+        accepted = {spec.name for spec in self.modular.blocks.inputs}
+        unknown = sorted(name for name, value in kwargs.items() if value is not None and name not in accepted)
+        if unknown:
+            raise ValueError(f"{self.name_or_path or 'this pipeline'} does not take {', '.join(unknown)}")
+        kwargs = {name: value for name, value in kwargs.items() if value is not None}
         cfg = float(guidance_scale) if guidance_scale is not None and guidance_scale > 1 else 1.0
         start, stop = (float(x) for x in pag_interval)
         images = []

@@ -67,3 +67,58 @@ def test_a_greedy_search_runs_end_to_end_and_resumes(modular, tmp_path):
     preset = json.loads((tmp_path / "resumed" / "selected.json").read_text())
     assert preset["family"] == f"tiny-{model_type}" and preset["heads"] == str(whole.selected)
     assert HeadHunterGuidance.from_preset(tmp_path / "resumed" / "selected.json").heads == whole.selected
+
+
+def _standard_folder(model_type, tmp_path, distilled=False):
+    """A diffusers pipeline folder (model_index.json) with the tiny components, as a hub download looks."""
+    import inspect
+
+    import diffusers
+
+    modular = tiny_modular_pipeline(model_type).modular
+    cls = diffusers.QwenImagePipeline if model_type == "qwenimage" else diffusers.Flux2KleinPipeline
+    names = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    components = {name: getattr(modular, name) for name in names if name != "is_distilled"}
+    if "is_distilled" in names:
+        components["is_distilled"] = distilled
+    folder = tmp_path / f"{model_type}{'-distilled' if distilled else ''}"
+    cls(**components).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("model_type", TINY_MODULAR)
+def test_the_command_line_generates_searches_and_evaluates_on_these_models(model_type, tmp_path, capsys):
+    from headhunter.cli import main
+    from headhunter.metadata import read_settings
+
+    folder = _standard_folder(model_type, tmp_path)  # loaded through diffusers' ModularPipeline.from_pretrained
+    for model in (f"tiny-{model_type}", str(folder)):
+        out = tmp_path / f"images-{model.replace('/', '_')}"
+        assert main(["generate", "--model", model, "--prompt", "a red fox", "--heads", "L0H1", "--seed", "0,1",
+                     "--out", str(out), "--steps", "2", "--size", "32"]) == 0
+        pngs = sorted(out.glob("*.png"))
+        assert len(pngs) == 2 and read_settings(pngs[0])["pag_heads"] == "L0H1"
+    run = tmp_path / "run"
+    assert main(["search", "--model", f"tiny-{model_type}", "--objective", "colorfulness", "--prompt", "a parrot",
+                 "--seeds", "0", "--top-k", "1", "--rounds", "2", "--run-dir", str(run)]) == 0
+    assert "selected heads: L" in capsys.readouterr().out and (run / "selected.json").is_file()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\na boat\n")
+    assert main(["eval", "--model", f"tiny-{model_type}", "--prompts", str(prompts), "--seeds", "0",
+                 "--setting", "plain: pag_scale=0", "--setting", "heads: heads=L0H1, pag_scale=3",
+                 "--metrics", "colorfulness", "--baseline", "plain", "--out", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "summary.csv").is_file()
+
+
+def test_a_guidance_distilled_model_is_refused_with_the_reason(tmp_path, capsys):
+    from headhunter.cli import main
+
+    folder = _standard_folder("flux2", tmp_path, distilled=True)
+    assert main(["generate", "--model", str(folder), "--prompt", "a fox", "--out", str(tmp_path / "out")]) == 2
+    assert "take no guider (a guidance-distilled model" in capsys.readouterr().err
+
+
+def test_arguments_the_model_does_not_take_are_refused():
+    pipe = tiny_modular_pipeline("flux2")
+    with pytest.raises(ValueError, match="does not take negative_prompt"):
+        pipe("a fox", negative_prompt="blurry", num_inference_steps=1, height=32, width=32)

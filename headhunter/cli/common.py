@@ -142,8 +142,7 @@ def run_target(args: argparse.Namespace) -> tuple[str, str, bool, int | None, in
     """(device, model family, tiny model?, width, height) for search and eval, checked before any weight loads;
     under accelerate / torchrun each process takes its own device."""
     from headhunter.pipelines import model_family
-    from headhunter.pipelines.loading import check_device
-    from headhunter.testing import TINY_MODELS
+    from headhunter.pipelines.loading import check_device, is_tiny
 
     device = args.device
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -152,7 +151,7 @@ def run_target(args: argparse.Namespace) -> tuple[str, str, bool, int | None, in
         device = str(PartialState().device)
     device = check_device(device)
     family = model_family(args.model)
-    tiny = args.model.lower() in TINY_MODELS
+    tiny = is_tiny(args.model)
     width, height = args.size or ((32, 32) if tiny else (1024, 1024) if family == "sd3" else (512, 512))
     return device, family, tiny, width, height
 

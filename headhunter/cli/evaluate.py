@@ -34,6 +34,7 @@ def split_metrics(texts: Sequence[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from headhunter.evaluate import Evaluation, load_settings_file, parse_setting, read_prompts
     from headhunter.pipelines import load_pipeline
+    from headhunter.pipelines.loading import call_defaults
     from headhunter.scorers import ScorerUnavailable
     from headhunter.scorers.base import parse_spec
 
@@ -55,10 +56,9 @@ def run(args: argparse.Namespace) -> int:
     check_writable_dir(args.out, "--out")
     device, family, tiny, width, height = run_target(args)
     defaults: dict[str, Any] = {"num_inference_steps": args.steps or (2 if tiny else 28), "width": width, "height": height}
-    if family == "sd3":
+    if family != "flux":
         defaults["guidance_scale"] = 1.0  # CFG off unless a setting asks for it
-    elif tiny:
-        defaults["max_sequence_length"] = 48
+    defaults.update(call_defaults(family, tiny))
     pipe = load_pipeline(args.model, device, args.dtype, False)
     pipe.set_progress_bar_config(disable=True)
     command = "headhunter " + shlex.join(args.argv)
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     ev = sub.add_parser("eval", help="generate and score image sets under several settings, with a report")
-    ev.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or tiny-sd3 / tiny-flux")
+    ev.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or tiny-sd3 / tiny-flux / tiny-flux2 / tiny-qwenimage")
     ev.add_argument("--prompts", required=True, help=".txt (one per line), .csv or .jsonl (prompt, optional seed, style)")
     ev.add_argument("--seeds", type=parse_seeds, default=[0])
     ev.add_argument("--setting", action="append", default=[], metavar="'NAME: key=value, ...'",

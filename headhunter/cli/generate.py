@@ -35,6 +35,8 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def generation_settings(args: argparse.Namespace, family: str, tiny: bool) -> dict[str, Any]:
+    from headhunter.pipelines.loading import call_defaults
+
     width, height = args.size or ((32, 32) if tiny else (1024, 1024) if family == "sd3" else (512, 512))
     steps = args.steps if args.steps is not None else (2 if tiny else 28)
     settings: dict[str, Any] = {
@@ -45,13 +47,12 @@ def generation_settings(args: argparse.Namespace, family: str, tiny: bool) -> di
     }
     if args.adaptive_scale:
         settings["pag_adaptive_scale"] = args.adaptive_scale
-    if family == "sd3":
-        settings["guidance_scale"] = args.cfg if args.cfg is not None else 1.0
-    else:
+    if family == "flux":
         settings["guidance_scale"] = args.flux_guidance
         settings["true_cfg_scale"] = args.cfg if args.cfg is not None else 1.0
-        if tiny:
-            settings["max_sequence_length"] = 48
+    else:  # SD3, and the modular pipelines' guider (FLUX.2 Klein base, Qwen-Image)
+        settings["guidance_scale"] = args.cfg if args.cfg is not None else 1.0
+    settings.update(call_defaults(family, tiny))
     return settings
 
 
@@ -91,13 +92,13 @@ def slug(text: str, limit: int = 40) -> str:
 def run(args: argparse.Namespace) -> int:
     from headhunter.metadata import save_png
     from headhunter.pipelines import load_pipeline, model_family
-    from headhunter.testing import TINY_MODELS
+    from headhunter.pipelines.loading import is_tiny
 
     if not args.prompt.strip():
         raise ValueError("--prompt is empty")
     out = check_writable_dir(args.out, "--out")
     family = model_family(args.model)
-    settings = generation_settings(args, family, args.model.lower() in TINY_MODELS)
+    settings = generation_settings(args, family, is_tiny(args.model))
     pipe = load_pipeline(args.model, args.device, args.dtype, args.offload)
     validate_call(pipe, settings)
     start = time.perf_counter()

@@ -15,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
     from headhunter.arguments import check_image_size
     from headhunter.attention import check_target_scope
     from headhunter.pipelines import load_pipeline
+    from headhunter.pipelines.loading import call_defaults
     from headhunter.scorers import ScorerUnavailable
     from headhunter.scorers.base import parse_spec
     from headhunter.search import HeadHunter
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, device, args.dtype, False)
     check_image_size(pipe, height, width)
     pipe.set_progress_bar_config(disable=True)
-    extra = {"max_sequence_length": 48} if tiny and family == "flux" else {}
+    extra = call_defaults(family, tiny)
     try:
         hunter = HeadHunter(
             pipe, args.objective, prompts, args.seeds, args.top_k, args.rounds, args.run_dir,
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     search = sub.add_parser("search", help="HeadHunter search for the heads that serve an objective")
-    search.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or tiny-sd3 / tiny-flux")
+    search.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or tiny-sd3 / tiny-flux / tiny-flux2 / tiny-qwenimage")
     search.add_argument("--objective", required=True, help="scorer spec, e.g. pickscore or 'style:golden hour'")
     search.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     search.add_argument("--prompt-file", default=None, help="one prompt per line")
