@@ -1,5 +1,6 @@
 """headhunter: head-level perturbation guidance (SoftPAG) and head search (HeadHunter) for diffusers' SD3, SD3.5 and
-FLUX.1 pipelines. The pipelines live in ``headhunter.pipelines``; the core here knows nothing of them.
+FLUX.1 pipelines, and through :func:`perturb` and ``headhunter.guiders.HeadHunterGuidance`` for Chroma, FLUX.2,
+Qwen-Image, Z-Image and Wan. The pipelines live in ``headhunter.pipelines``; the core here knows nothing of them.
 
 The names below are imported on first use, so ``import headhunter`` (and ``headhunter --help``) does not load torch.
 """
