@@ -122,3 +122,11 @@ def test_arguments_the_model_does_not_take_are_refused():
     pipe = tiny_modular_pipeline("flux2")
     with pytest.raises(ValueError, match="does not take negative_prompt"):
         pipe("a fox", negative_prompt="blurry", num_inference_steps=1, height=32, width=32)
+
+
+def test_the_studio_says_which_models_it_runs(capsys):
+    pytest.importorskip("gradio", reason="the studio needs the ui extra (gradio)")
+    from headhunter.cli import main
+
+    assert main(["ui", "--model", "tiny-qwenimage"]) == 2
+    assert "the studio runs SD3, SD3.5 and FLUX.1" in capsys.readouterr().err
