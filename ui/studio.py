@@ -574,11 +574,18 @@ class Studio:
             started, before = time.perf_counter(), ws.scored(run_dir) if run_dir.is_dir() else 0
             thread.start()
             try:
+                shown = -1  # scores behind the heat map and ranking on the page
                 while thread.is_alive():
                     thread.join(timeout=0.5)
-                    line = self._progress(run_dir, config, total, started, before)
-                    yield (f"**{name}** {line} — {used}", *self._live(run_dir, config), gr.skip(), gr.skip(),
-                           self.runs_table())
+                    done = ws.scored(run_dir) if run_dir.is_dir() else 0
+                    round_scores = self._round_scores(run_dir, config)
+                    line = _progress_line(done, total, time.perf_counter() - started, before,
+                                          ws.ranking_rows(*round_scores))
+                    # the heat map, the ranking and the run list change only when scores arrive
+                    view = self._live(run_dir, config, round_scores) if done != shown else (gr.skip(), gr.skip())
+                    runs = self.runs_table() if shown < 0 else gr.skip()
+                    shown = done
+                    yield (f"**{name}** {line} — {used}", *view, gr.skip(), gr.skip(), runs)
             finally:
                 stop.set()  # the generator closed (page gone, event cancelled): end after the batch in flight
                 thread.join()
@@ -599,23 +606,16 @@ class Studio:
                *self._live(run_dir, config), str(result.selected), gr.update(choices=self.preset_names(), value=preset),
                self.runs_table())
 
-    def _progress(self, run_dir: Path, config: Any, total: int, started: float, before: int) -> str:
-        done = ws.scored(run_dir) if run_dir.is_dir() else 0
-        elapsed = time.perf_counter() - started
-        line = f"running… {done} / {total} images, {elapsed:.0f} s"
-        if done > before:
-            line += f", about {elapsed / (done - before) * (total - done):.0f} s to go"
-        _, means, counts = ws.live_round(run_dir, config) if run_dir.is_dir() else (0, {}, {})
-        ranking = ws.ranking_rows(means, counts)
-        if ranking and ranking[0][1] != "failed":
-            line += f"; best head so far {ranking[0][0]} ({ranking[0][1]:.4g} over {ranking[0][2]} pairs)"
-        return line
-
-    def _live(self, run_dir: Path, config: Any) -> tuple[Any, list[list]]:
-        """The heat map and ranking of the latest round, from the scores logged so far."""
+    def _round_scores(self, run_dir: Path, config: Any) -> tuple[dict, dict]:
+        """Mean score and pairs scored per head in the latest round so far."""
         if not run_dir.is_dir():
-            return gr.skip(), []
-        round_, means, counts = ws.live_round(run_dir, config)
+            return {}, {}
+        _, means, counts = ws.live_round(run_dir, config)
+        return means, counts
+
+    def _live(self, run_dir: Path, config: Any, round_scores: tuple[dict, dict] | None = None) -> tuple[Any, list[list]]:
+        """The heat map and ranking of the latest round, from the scores logged so far."""
+        means, counts = self._round_scores(run_dir, config) if round_scores is None else round_scores
         if not means:
             return gr.skip(), []
         return ws.live_heatmap(self.layout, means, ws.selected_so_far(run_dir, config)), ws.ranking_rows(means, counts)
@@ -657,6 +657,16 @@ def history_strip(history: list) -> list[tuple[str, str]]:
         heads = entry["settings"][-1] or "no heads"
         strip.append((entry["files"][1], f"seed {values['seed']} · {heads}"))
     return strip
+
+
+def _progress_line(done: int, total: int, elapsed: float, before: int, ranking: list[list]) -> str:
+    """Images done of the total, time so far and to go (from this session's speed), the best head so far."""
+    line = f"running… {done} / {total} images, {elapsed:.0f} s"
+    if done > before:
+        line += f", about {elapsed / (done - before) * (total - done):.0f} s to go"
+    if ranking and ranking[0][1] != "failed":
+        line += f"; best head so far {ranking[0][0]} ({ranking[0][1]:.4g} over {ranking[0][2]} pairs)"
+    return line
 
 
 def _new_run_name() -> str:
