@@ -1,5 +1,6 @@
 """The studio: driven in headless Chromium (Playwright), called concurrently through gradio_client, and fed bad input."""
 
+import re
 import shutil
 import socket
 import threading
@@ -170,6 +171,32 @@ def test_head_picker_above_the_fold_in_sync_with_the_text(page_at, viewport):
     wait_heads(page, "L1H0,L2H2")
     page.wait_for_function("() => document.querySelectorAll('#head-picker td.on').length === 2", timeout=10000)
     page.screenshot(path=str(ARTIFACTS / f"studio-picker-{viewport['width']}.png"))
+
+
+@needs_chromium
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_atlas_with_its_cost_and_the_models_presets(page_at, viewport):
+    page = page_at(viewport)
+    # the preset menu offers this model's presets only (tiny-sd3's and the workspace's runs, no real-model presets)
+    page.get_by_label("Preset").click()
+    options = page.get_by_role("option").all_inner_texts()
+    assert "tiny-sd3-demo" in options and "run:search-test" in options
+    assert not [o for o in options if o.startswith(("sd3-", "flux-", "tiny-flux"))]
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="Generate", exact=True).click()  # measures the speed for the estimate
+    page.locator("#downloads a").nth(1).wait_for(timeout=30000)
+    page.get_by_role("tab", name="Head atlas").click()
+    page.locator("#atlas-cost").get_by_text("Cost: 4 images, about").wait_for(timeout=15000)
+    page.get_by_label("Layer").fill("1")
+    page.get_by_role("button", name="Run atlas").click()
+    page.locator("#atlas img").nth(3).wait_for(timeout=30000)
+    page.wait_for_function("() => !document.querySelector('#atlas .pending, #atlas .generating')", timeout=30000)
+    page.wait_for_timeout(1000)  # the atlas event finishes after its last image arrives
+    captions = page.locator("#atlas").get_by_text(re.compile(r"^L1H[0-3]$")).all_inner_texts()
+    assert sorted(set(captions)) == ["L1H0", "L1H1", "L1H2", "L1H3"]  # one labelled image per head
+    page.locator("#atlas img").nth(3).click()  # a click adds that head
+    wait_heads(page, "L1H3")
+    page.screenshot(path=str(ARTIFACTS / f"studio-atlas-{viewport['width']}.png"))
 
 
 def shown_pixels(page, selector):
