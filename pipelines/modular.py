@@ -41,6 +41,8 @@ class HeadHunterModularPipeline:
         self.head_layout = HeadLayout.from_transformer(self.transformer)
         self.name_or_path = name_or_path
         self.share_prefix = False  # the guider runs the perturbed pass on its own
+        self._guider: HeadHunterGuidance | None = None
+        self._guider_settings: dict | None = None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -56,6 +58,14 @@ class HeadHunterModularPipeline:
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         self.modular.set_progress_bar_config(**kwargs)
+
+    def _guider_for(self, settings: dict) -> HeadHunterGuidance:
+        """The pipeline's guider with ``settings``: the one installed when they are unchanged (a search calls with
+        the same settings batch after batch), else a new one."""
+        if self._guider is None or settings != self._guider_settings or self.modular.guider is not self._guider:
+            self._guider, self._guider_settings = HeadHunterGuidance(**settings), settings
+            self.modular.update_components(guider=self._guider)
+        return self._guider
 
     def __call__(
         self,
@@ -89,11 +99,10 @@ class HeadHunterModularPipeline:
         start, stop = (float(x) for x in pag_interval)
         images = []
         heads_per_image = [HeadSet.coerce(heads).validate(self.head_layout) for heads in plans]
+        settings = dict(pag_scale=pag_scale, guidance_scale=cfg, pag_softness=pag_softness, pag_target=pag_target,
+                        pag_scope=pag_scope, pag_adaptive_scale=pag_adaptive_scale, start=start, stop=stop)
         with holding_transformer(self.transformer):
-            guider = HeadHunterGuidance(pag_scale=pag_scale, guidance_scale=cfg, pag_softness=pag_softness,
-                                        pag_target=pag_target, pag_scope=pag_scope,
-                                        pag_adaptive_scale=pag_adaptive_scale, start=start, stop=stop)
-            self.modular.update_components(guider=guider)
+            guider = self._guider_for(settings)
             for text, gen, heads in zip(prompts, generators, heads_per_image):
                 guider.set_heads(heads)
                 out = self.modular(prompt=text, generator=gen, num_inference_steps=num_inference_steps, height=height,

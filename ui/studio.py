@@ -458,8 +458,7 @@ class Studio:
         candidates = self.layout.num_layers * self.layout.num_heads
         if not prompts or top_k < 1 or rounds < 1 or top_k * rounds > candidates:
             return "Cost: —"
-        images = sum((candidates - r * top_k) * len(prompts) * seed_count for r in range(rounds))
-        return f"Cost: {self._estimate(images)}"
+        return f"Cost: {self._estimate(ws.greedy_images(candidates, len(prompts) * seed_count, top_k, rounds))}"
 
     def search_uses(self, settings: Settings) -> str:
         """The left-panel settings a search takes, as the Search tab shows them."""
@@ -561,7 +560,7 @@ class Studio:
             except ValueError as err:
                 raise gr.Error(f"Search: {err}") from None
             config = hunter.config
-            total = ws.greedy_images(config)
+            total = ws.config_images(config)
             state: dict[str, Any] = {}
 
             def work() -> None:
@@ -577,8 +576,7 @@ class Studio:
                 shown = -1  # scores behind the heat map and ranking on the page
                 while thread.is_alive():
                     thread.join(timeout=0.5)
-                    done = ws.scored(run_dir) if run_dir.is_dir() else 0
-                    round_scores = self._round_scores(run_dir, config)
+                    done, *round_scores = self._round_scores(run_dir, config)
                     line = _progress_line(done, total, time.perf_counter() - started, before,
                                           ws.ranking_rows(*round_scores))
                     # the heat map, the ranking and the run list change only when scores arrive
@@ -606,16 +604,15 @@ class Studio:
                *self._live(run_dir, config), str(result.selected), gr.update(choices=self.preset_names(), value=preset),
                self.runs_table())
 
-    def _round_scores(self, run_dir: Path, config: Any) -> tuple[dict, dict]:
-        """Mean score and pairs scored per head in the latest round so far."""
+    def _round_scores(self, run_dir: Path, config: Any) -> tuple[int, dict, dict]:
+        """Images scored so far; mean score and pairs scored per head in the latest round."""
         if not run_dir.is_dir():
-            return {}, {}
-        _, means, counts = ws.live_round(run_dir, config)
-        return means, counts
+            return 0, {}, {}
+        return ws.live_round(run_dir, config)
 
     def _live(self, run_dir: Path, config: Any, round_scores: tuple[dict, dict] | None = None) -> tuple[Any, list[list]]:
         """The heat map and ranking of the latest round, from the scores logged so far."""
-        means, counts = self._round_scores(run_dir, config) if round_scores is None else round_scores
+        means, counts = self._round_scores(run_dir, config)[1:] if round_scores is None else round_scores
         if not means:
             return gr.skip(), []
         return ws.live_heatmap(self.layout, means, ws.selected_so_far(run_dir, config)), ws.ranking_rows(means, counts)

@@ -98,7 +98,7 @@ class Workspace:
             status = "running" if run.name in running else "done" if done else "stopped — resumable"
             heads = selected_so_far(run, config)
             found.append(RunInfo(run.name, status, config.objective, str(heads) or "—", scored(run),
-                                 greedy_images(config) if config.strategy == "greedy" else 0))
+                                 config_images(config) if config.strategy == "greedy" else 0))
         return found
 
 
@@ -126,10 +126,14 @@ def search_arguments(config: SearchConfig) -> dict[str, Any]:
                 model_name=config.model, extra_call_kwargs=extra or None)
 
 
-def greedy_images(config: SearchConfig) -> int:
+def greedy_images(candidates: int, pairs: int, top_k: int, rounds: int) -> int:
     """Images a greedy search generates: every remaining candidate on every pair, each round."""
-    candidates, pairs = len(config.candidates), len(config.pairs)
-    return sum((candidates - r * config.top_k) * pairs for r in range(config.rounds))
+    return sum((candidates - r * top_k) * pairs for r in range(rounds))
+
+
+def config_images(config: SearchConfig) -> int:
+    """The images of a greedy run of ``config``."""
+    return greedy_images(len(config.candidates), len(config.pairs), config.top_k, config.rounds)
 
 
 def scored(run_dir: Path) -> int:
@@ -150,7 +154,8 @@ def selected_so_far(run_dir: Path, config: SearchConfig) -> HeadSet:
 
 
 def live_round(run_dir: Path, config: SearchConfig) -> tuple[int, dict[tuple[int, int], float], dict[tuple[int, int], int]]:
-    """The latest round with scores: its number, each head's mean over the pairs scored so far, and their counts."""
+    """Images scored so far, and for the latest round with scores each head's mean over the pairs scored so far and
+    their counts (one read of the logs)."""
     records = RunStore(run_dir, config).load()
     if not records:
         return 0, {}, {}
@@ -160,7 +165,7 @@ def live_round(run_dir: Path, config: SearchConfig) -> tuple[int, dict[tuple[int
         if r == current:
             score = record.get("score")
             sums.setdefault((layer, head), []).append(float("nan") if score is None else float(score))
-    return current, {h: sum(v) / len(v) for h, v in sums.items()}, {h: len(v) for h, v in sums.items()}
+    return len(records), {h: sum(v) / len(v) for h, v in sums.items()}, {h: len(v) for h, v in sums.items()}
 
 
 def ranking_rows(means: dict[tuple[int, int], float], counts: dict[tuple[int, int], int]) -> list[list]:
