@@ -128,6 +128,25 @@ def test_halving_scores_survivors_on_all_pairs_and_costs_less(pipe, tmp_path):
     assert halving.block_evaluations < greedy.block_evaluations
 
 
+def test_coarse_scores_every_pair_at_its_steps_and_records_the_steps_its_heads_are_for(pipe, tmp_path):
+    """``coarse`` is greedy with every image at ``coarse_steps``: the same scores as greedy run at those steps (the
+    reference), block evaluations in the ratio of the steps, and the config keeps the generation steps."""
+    options = dict(rounds=1, top_k=2, candidates="L0-1", num_inference_steps=3)
+    fine = run_search(pipe, tmp_path / "fine", **options)
+    at_two = run_search(pipe, tmp_path / "two", **{**options, "num_inference_steps": 2})
+    coarse = run_search(pipe, tmp_path / "coarse", **options, strategy="coarse", coarse_steps=2)
+    assert coarse.rounds[0].rows == at_two.rounds[0].rows and str(coarse.selected) == str(at_two.selected)
+    assert coarse.block_evaluations == at_two.block_evaluations
+    assert coarse.block_evaluations / fine.block_evaluations == pytest.approx(2 / 3)
+    config = json.loads((tmp_path / "coarse" / "config.json").read_text())
+    assert (config["strategy"], config["num_inference_steps"], config["coarse_steps"]) == ("coarse", 3, 2)
+    assert run_search(pipe, tmp_path / "coarse", **options, strategy="coarse", coarse_steps=2).images_generated == 32
+    with pytest.raises(ValueError, match="coarse_steps"):
+        run_search(pipe, tmp_path / "bad", **options, strategy="coarse", coarse_steps=4)
+    with pytest.raises(ValueError, match="coarse_steps"):
+        run_search(pipe, tmp_path / "bad", **options, coarse_steps=2)
+
+
 def _cli(run_dir, *extra):
     return [sys.executable, "-m", "headhunter", "search", "--objective", OBJECTIVE, "--prompt", PROMPTS[0],
             "--prompt", PROMPTS[1], "--seeds", "0,1", "--top-k", "2", "--rounds", "2", "--batch-size", "2",

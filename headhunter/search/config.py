@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 __all__ = ["SearchConfig", "prompt_seed_pairs", "spread_order", "style_prompts"]
 
-STRATEGIES = ("greedy", "halving")
+STRATEGIES = ("greedy", "halving", "coarse")
 
 
 def prompt_seed_pairs(prompts: Sequence[str], seeds: Sequence[int] | None = None) -> list[tuple[str, int]]:
@@ -68,6 +68,7 @@ class SearchConfig:
     guidance_scale: float | None = None
     halving_initial_pairs: int = 2
     halving_keep: float = 0.5
+    coarse_steps: int | None = None
     extra: dict = field(default_factory=dict)
     dtype: str = ""
     # Where and with what it ran (device type, library versions): recorded, compared only to warn, since a resumed
@@ -87,6 +88,15 @@ class SearchConfig:
             raise ValueError("halving_keep must be in (0, 1)")
         if self.halving_initial_pairs < 1:
             raise ValueError("halving_initial_pairs must be at least 1")
+        if (self.strategy == "coarse") != (self.coarse_steps is not None):
+            raise ValueError("coarse_steps is the coarse strategy's, and it needs them")
+        if self.coarse_steps is not None and not 1 <= self.coarse_steps <= self.num_inference_steps:
+            raise ValueError(f"coarse_steps must be between 1 and num_inference_steps ({self.num_inference_steps})")
+
+    @property
+    def scoring_steps(self) -> int:
+        """The denoising steps of every image the search scores."""
+        return self.coarse_steps if self.coarse_steps is not None else self.num_inference_steps
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

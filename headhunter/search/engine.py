@@ -76,10 +76,13 @@ class HeadHunter:
         pag_scale, pag_softness, pag_target, pag_scope: the perturbation used while searching (paper: w = 3, u = 1).
         num_inference_steps, height, width, guidance_scale: generation settings (``guidance_scale`` default: 0 for SD3,
             i.e. CFG off as in the paper; FLUX's distilled default 3.5).
-        strategy: ``"greedy"`` (every remaining candidate on every pair each round) or ``"halving"`` (successive halving
+        strategy: ``"greedy"`` (every remaining candidate on every pair each round), ``"halving"`` (successive halving
             inside each round: all candidates on ``halving_initial_pairs`` pairs (taken round-robin over prompts, so
             the first stages see several prompts), keep the best ``halving_keep``
-            fraction (at least k), double the pairs, until the survivors have every pair).
+            fraction (at least k), double the pairs, until the survivors have every pair) or ``"coarse"`` (greedy,
+            with every image at ``coarse_steps`` denoising steps instead of ``num_inference_steps``: rankings hold
+            across steps far better than across pairs — see the README's testbed experiments).
+        coarse_steps: the coarse strategy's steps (default a fifth of ``num_inference_steps``, at least 2).
         batch_size: images per pipeline call.
         save_images: also write every generated image to ``run_dir/images``.
         model_name: recorded in the config (default: the pipeline's ``name_or_path``).
@@ -111,6 +114,7 @@ class HeadHunter:
         batch_size: int = 8,
         halving_initial_pairs: int = 2,
         halving_keep: float = 0.5,
+        coarse_steps: int | None = None,
         save_images: bool = False,
         model_name: str | None = None,
         scorer_options: dict | None = None,
@@ -142,6 +146,8 @@ class HeadHunter:
             raise ValueError("batch_size must be at least 1")
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if strategy == "coarse" and coarse_steps is None:
+            coarse_steps = min(int(num_inference_steps), max(2, round(int(num_inference_steps) / 5)))
         check_image_size(pipe, height, width)
         self.batch_size = batch_size
         self.save_images = save_images
@@ -167,6 +173,7 @@ class HeadHunter:
             guidance_scale=float(guidance_scale),
             halving_initial_pairs=int(halving_initial_pairs),
             halving_keep=float(halving_keep),
+            coarse_steps=None if coarse_steps is None else int(coarse_steps),
             extra={k: repr(v) for k, v in sorted(self.extra_call_kwargs.items())},
             dtype=str(pipe.transformer.dtype).removeprefix("torch."),
             environment=_environment(pipe),
@@ -211,7 +218,7 @@ class HeadHunter:
                 pag_softness=cfg.pag_softness,
                 pag_target=cfg.pag_target,
                 pag_scope=cfg.pag_scope,
-                num_inference_steps=cfg.num_inference_steps,
+                num_inference_steps=cfg.scoring_steps,
                 height=cfg.height,
                 width=cfg.width,
                 guidance_scale=cfg.guidance_scale,
@@ -234,7 +241,7 @@ class HeadHunter:
         for (r, cand, j), array in zip(items, arrays):
             settings = {
                 "model": cfg.model, "prompt": cfg.pairs[j][0], "seed": cfg.pairs[j][1],
-                "num_inference_steps": cfg.num_inference_steps, "width": cfg.width, "height": cfg.height,
+                "num_inference_steps": cfg.scoring_steps, "width": cfg.width, "height": cfg.height,
                 "guidance_scale": cfg.guidance_scale, "pag_heads": str(HeadSet([Head(l, h) for l, h in [*selected, cand]])),
                 "pag_scale": cfg.pag_scale, "pag_softness": cfg.pag_softness, "pag_target": cfg.pag_target,
                 "pag_scope": cfg.pag_scope, "search_round": r,
@@ -311,10 +318,10 @@ class HeadHunter:
                 pool = [c for c in cfg.candidates if c not in selected]
                 if bar is not None:
                     bar.set_description(f"HeadHunter round {r + 1}/{cfg.rounds}")
-                if cfg.strategy == "greedy":
-                    means, counts = self._greedy_round(r, pool, selected, bar, best)
-                else:
+                if cfg.strategy == "halving":
                     means, counts = self._halving_round(r, pool, selected, bar, best)
+                else:
+                    means, counts = self._greedy_round(r, pool, selected, bar, best)
                 ranked = sorted(means, key=lambda c: (0, -means[c], cfg.candidates.index(c)) if math.isfinite(means[c])
                                 else (1, 0.0, cfg.candidates.index(c)))
                 chosen = [c for c in ranked if counts[c] == len(cfg.pairs)][: cfg.top_k]
