@@ -12,6 +12,18 @@ FOLDERS = {"headhunter": "headhunter", "headhunter.pipelines": "pipelines", "hea
 SKIP_DATA = {".py", ".pyc", ".pyo"}
 
 
+def _data_files(directory: Path) -> list[Path]:
+    """Data files of one package: its own, and those in its sub-folders that are not packages themselves (a model
+    folder such as headhunter/testbed/toy-shapes/transformer/)."""
+    found = []
+    for path in directory.iterdir():
+        if path.is_file() and path.suffix not in SKIP_DATA:
+            found.append(path)
+        elif path.is_dir() and path.name != "__pycache__" and not (path / "__init__.py").exists():
+            found += _data_files(path)
+    return found
+
+
 def discover() -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
     packages, package_dir, package_data = [], {}, {}
     for name, folder in FOLDERS.items():
@@ -23,7 +35,7 @@ def discover() -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
                 continue  # a folder mapped on its own (headhunter.pipelines is not headhunter/pipelines)
             packages.append(package)
             directory = ROOT / folder / sub.replace(".", "/")
-            files = [p.name for p in directory.iterdir() if p.is_file() and p.suffix not in SKIP_DATA]
+            files = [p.relative_to(directory).as_posix() for p in _data_files(directory)]
             if files:
                 package_data[package] = sorted(files)
     return packages, package_dir, package_data

@@ -1,4 +1,4 @@
-"""Regenerate the README's studio screenshots (docs/studio-*.png): the tiny offline model, headless Chromium at
+"""Regenerate the README's studio screenshots (docs/studio-*.png): the trained toy-shapes model, headless Chromium at
 1440×900, one picture per tab after a short session. Run with ``make screenshots`` (needs the dev extra and Debian's
 chromium)."""
 
@@ -10,16 +10,15 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from headhunter.testing import tiny_pipeline
+from headhunter.testing import toy_pipeline
 from headhunter.ui import Studio, build_app
 
 OUT = Path(__file__).parent
 
 
 def main() -> None:
-    pipe = tiny_pipeline("tiny-sd3")
-    pipe.set_progress_bar_config(disable=True)
-    app = build_app(Studio(pipe, "tiny-sd3", tempfile.mkdtemp(prefix="headhunter-screenshots-")))
+    pipe = toy_pipeline()
+    app = build_app(Studio(pipe, "toy-shapes", tempfile.mkdtemp(prefix="headhunter-screenshots-")))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -30,14 +29,15 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto(f"http://127.0.0.1:{port}/")
             page.locator("#head-picker table").wait_for()
-            page.locator("#heads textarea, #heads input").first.fill("L0H1,L1@0.5,L2H3")
+            page.get_by_label("Prompt", exact=True).fill("a white square on a green background, center, warm light")
+            page.locator("#heads textarea, #heads input").first.fill("L0H0,L2H3,L4H2,L0H2")
             page.get_by_label("Seed batch").fill("3")
             page.get_by_role("button", name="Generate", exact=True).click()
             page.locator("#history img").nth(2).wait_for(timeout=60000)
             page.wait_for_timeout(1000)
             page.screenshot(path=str(OUT / "studio-generate.png"))
             page.get_by_role("tab", name="Head atlas").click()
-            page.get_by_label("Layer").fill("1")
+            page.get_by_label("Layer").fill("0")
             page.get_by_role("button", name="Run atlas").click()
             page.locator("#atlas img").nth(3).wait_for(timeout=60000)
             page.wait_for_timeout(1000)

@@ -400,8 +400,12 @@ def _compress(heads: list[Head]) -> list[str]:
 # presets ----------------------------------------------------------------------------------------------------------
 def preset_family(model: str, layout: "HeadLayout") -> str:
     """The preset family of a model: its layout's type (``"sd3"``, ``"flux"``), prefixed ``tiny-`` for the tiny
-    offline models (their few heads are not the real models')."""
-    return ("tiny-" if str(model).lower().startswith("tiny-") else "") + layout.model_type
+    offline models (their few heads are not the real models'); a toy model's name (``"toy-shapes"``) for the trained
+    toy models, whose heads are their own."""
+    name = str(model).lower()
+    if name.startswith("toy-"):
+        return name
+    return ("tiny-" if name.startswith("tiny-") else "") + layout.model_type
 
 
 def list_presets(family: str | None = None) -> dict[str, dict]:

@@ -1,8 +1,12 @@
-"""Tiny random-weight SD3, SD3.5-style and FLUX.1 pipelines, built offline (tokenizers included) and deterministically.
+"""Tiny random-weight SD3, SD3.5-style and FLUX.1 pipelines, built offline (tokenizers included) and deterministically;
+and the trained toy model shipped with the package.
 
 They share the classes of the real models, so everything headhunter does on SD3-medium or FLUX.1-dev runs on them in
-milliseconds: the tests, ``headhunter demo`` and the UI's default model use them. The images are noise; only the
-code paths are real.
+milliseconds: the tests use them. The images are noise; only the code paths are real.
+
+:func:`toy_pipeline` loads ``toy-shapes``, a small SD3-architecture model trained offline on coloured shapes
+(:mod:`headhunter.testbed`): its images follow their prompts, so guidance and search show real effects; the demo and
+the studio's default model use it.
 
     >>> from headhunter.testing import tiny_pipeline
     >>> pipe = tiny_pipeline("sd3")                        # a HeadHunterSD3Pipeline
@@ -11,16 +15,25 @@ code paths are real.
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 
-__all__ = ["TINY_MODELS", "TINY_MODULAR", "TINY_MODULAR_CALL", "TINY_TRANSFORMERS", "tiny_clip_tokenizer",
-           "tiny_components", "tiny_modular_pipeline", "tiny_pipeline", "tiny_qwen_tokenizer", "tiny_t5_tokenizer",
-           "tiny_transformer"]
+__all__ = ["TINY_MODELS", "TINY_MODULAR", "TINY_MODULAR_CALL", "TINY_TRANSFORMERS", "TOY_CALL", "TOY_MODELS",
+           "TOY_PROMPT", "tiny_clip_tokenizer", "tiny_components", "tiny_modular_pipeline", "tiny_pipeline",
+           "tiny_qwen_tokenizer", "tiny_t5_tokenizer", "tiny_transformer", "toy_pipeline", "toy_pipeline_path"]
 
 #: Names accepted by :func:`tiny_pipeline` (and by the CLI's ``--model``).
 TINY_MODELS = ("tiny-sd3", "tiny-sd3.5", "tiny-sd3.5-dual", "tiny-flux")
+#: Trained offline models shipped in the package (:mod:`headhunter.testbed`), accepted by :func:`toy_pipeline` and
+#: by the CLI's and the studio's ``--model``.
+TOY_MODELS = ("toy-shapes",)
+#: The sampler settings the toy models are measured with: the defaults of the CLI and the studio. One zero text
+#: token in T5's place (the model was trained for any count; see :mod:`headhunter.testbed.train`).
+TOY_CALL = {"num_inference_steps": 20, "max_sequence_length": 1}
+TOY_PROMPT = "a red circle on a blue background, top left"
 
 _CLIP_HIDDEN = 16
 _JOINT_DIM = 32
@@ -204,6 +217,48 @@ def tiny_pipeline(model: str = "tiny-sd3", pipeline_class: Any = None, **options
 
         pipeline_class = HeadHunterFluxPipeline if model.lower() == "tiny-flux" else HeadHunterSD3Pipeline
     return build_pipeline(pipeline_class, components)
+
+
+def toy_pipeline_path(name: str = "toy-shapes") -> Path:
+    """The folder of a shipped toy model (a diffusers pipeline folder)."""
+    if name.lower() not in TOY_MODELS:
+        raise ValueError(f"unknown toy model {name!r}; choose one of {', '.join(TOY_MODELS)}")
+    return Path(__file__).parent / "testbed" / name.lower()
+
+
+def toy_pipeline(name: str = "toy-shapes", pipeline_class: Any = None, dtype: Any = torch.float32) -> Any:
+    """A trained toy model, loaded offline from the package: ``toy-shapes`` draws the prompts of
+    :mod:`headhunter.testbed.data` ("a red circle on a blue background, top left[, warm light]") at 32×32.
+    Call it with :data:`TOY_CALL` for the settings it is measured with.
+
+        >>> pipe = toy_pipeline()
+        >>> image = pipe("a yellow square on a black background, center", **TOY_CALL).images[0]
+    """
+    if pipeline_class is None:
+        from headhunter.pipelines import HeadHunterSD3Pipeline
+
+        pipeline_class = HeadHunterSD3Pipeline
+    with _no_loading_bars():  # 12 MB from the package: two progress bars would only be noise
+        pipe = pipeline_class.from_pretrained(toy_pipeline_path(name), dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@contextmanager
+def _no_loading_bars() -> Iterator[None]:
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    shown = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown[0]:
+            diffusers_logging.enable_progress_bar()
+        if shown[1]:
+            transformers_logging.enable_progress_bar()
 
 
 def build_pipeline(pipeline_class: Any, components: dict) -> Any:

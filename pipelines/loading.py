@@ -4,11 +4,12 @@ id; with the device and dtype checked before any weight is read."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODULAR_FAMILIES", "call_defaults", "check_device", "default_device", "is_tiny", "load_pipeline",
-           "model_family", "resolve_dtype"]
+__all__ = ["MODULAR_FAMILIES", "BuiltinDefaults", "builtin_defaults", "check_device", "default_device", "is_tiny",
+           "load_pipeline", "model_family", "resolve_dtype"]
 
 #: Families the command line runs through diffusers' modular pipelines and HeadHunterGuidance.
 MODULAR_FAMILIES = ("flux2", "qwenimage")
@@ -67,28 +68,45 @@ def resolve_dtype(name: str, device: str, family: str) -> Any:
 
 
 def is_tiny(model: str) -> bool:
-    """Whether ``model`` names one of the tiny offline models (``tiny-sd3``, ``tiny-flux``, ``tiny-qwenimage``...)."""
+    """Whether ``model`` names one of the tiny random-weight models (``tiny-sd3``, ``tiny-flux``, ``tiny-qwenimage``...)."""
     from headhunter.testing import TINY_MODELS
 
     return model.lower() in TINY_MODELS or model.lower() in _TINY_MODULAR
 
 
-def call_defaults(family: str, tiny: bool) -> dict[str, Any]:
-    """Pipeline arguments a model needs beyond the common ones: the tiny models' short text encoders."""
-    from headhunter.testing import TINY_MODULAR_CALL
+@dataclass(frozen=True)
+class BuiltinDefaults:
+    """What a built-in offline model is made for: its image size, a sensible number of steps, pipeline arguments
+    beyond the common ones (short text encoders) and a prompt it understands."""
 
-    if not tiny:
-        return {}
-    if family == "flux":
-        return {"max_sequence_length": 48}
-    return dict(TINY_MODULAR_CALL.get(family, {}))
+    size: int
+    steps: int
+    prompt: str
+    call: dict[str, Any] = field(default_factory=dict)
+
+
+def builtin_defaults(model: str) -> BuiltinDefaults | None:
+    """The defaults of a tiny or toy model name; None for any other model."""
+    from headhunter.testing import TINY_MODULAR_CALL, TOY_CALL, TOY_MODELS, TOY_PROMPT
+
+    name = model.lower()
+    if name in TOY_MODELS:
+        call = dict(TOY_CALL)
+        return BuiltinDefaults(size=32, steps=call.pop("num_inference_steps"), prompt=TOY_PROMPT, call=call)
+    if not is_tiny(name):
+        return None
+    family = model_family(name)
+    call = {"max_sequence_length": 48} if family == "flux" else dict(TINY_MODULAR_CALL.get(family, {}))
+    return BuiltinDefaults(size=32, steps=2, prompt="a red fox in the snow", call=call)
 
 
 def model_family(model: str) -> str:
-    """``"sd3"``, ``"flux"``, ``"flux2"`` or ``"qwenimage"`` for a tiny model name, a local pipeline folder or a hub
-    id (read from its model_index.json; needs the hub or the local cache)."""
-    from headhunter.testing import TINY_MODELS
+    """``"sd3"``, ``"flux"``, ``"flux2"`` or ``"qwenimage"`` for a tiny or toy model name, a local pipeline folder or
+    a hub id (read from its model_index.json; needs the hub or the local cache)."""
+    from headhunter.testing import TINY_MODELS, TOY_MODELS
 
+    if model.lower() in TOY_MODELS:
+        return "sd3"
     if model.lower() in TINY_MODELS:
         return "flux" if "flux" in model.lower() else "sd3"
     if model.lower() in _TINY_MODULAR:
@@ -122,8 +140,9 @@ def model_family(model: str) -> str:
 
 
 def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", offload: bool = False) -> Any:
-    """A HeadHunter pipeline for a tiny model name (``tiny-sd3``...), a local folder or a hub id."""
-    from headhunter.testing import TINY_MODELS, tiny_pipeline
+    """A HeadHunter pipeline for a tiny or toy model name (``tiny-sd3``, ``toy-shapes``...), a local folder or a hub
+    id."""
+    from headhunter.testing import TINY_MODELS, TOY_MODELS, tiny_pipeline, toy_pipeline
 
     from .flux import HeadHunterFluxPipeline
     from .sd3 import HeadHunterSD3Pipeline
@@ -137,14 +156,17 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", of
         if offload:
             raise ValueError("--offload is not supported for FLUX.2 and Qwen-Image (modular pipelines) yet")
         return _load_modular(model, family, torch_dtype).to(device)
-    if model.lower() in TINY_MODELS:
-        pipe = tiny_pipeline(model.lower())
+    if model.lower() in TINY_MODELS or model.lower() in TOY_MODELS:
+        if model.lower() in TOY_MODELS:
+            pipe = toy_pipeline(model.lower(), dtype=torch_dtype)
+        else:
+            pipe = tiny_pipeline(model.lower())
         if torch_dtype != pipe.transformer.dtype:
             pipe.to(dtype=torch_dtype)
     else:
         cls = HeadHunterFluxPipeline if family == "flux" else HeadHunterSD3Pipeline
         try:
-            pipe = cls.from_pretrained(model, torch_dtype=torch_dtype)
+            pipe = cls.from_pretrained(model, dtype=torch_dtype)
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot load {model!r}: {str(err).splitlines()[0]}") from None
     if offload:

@@ -57,7 +57,12 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
 
     `share_prefix` (default True) makes the perturbed branch fork from the conditional one at the first perturbed
     layer; False runs it through every block (same result, more work).
+
+    T5 (`text_encoder_3`, `tokenizer_3`) is optional here: a pipeline folder saved without it loads as it is, and
+    its place is filled with `max_sequence_length` zero tokens, as the parent does for `text_encoder_3=None`.
     """
+
+    _optional_components = [*StableDiffusion3Pipeline._optional_components, "text_encoder_3", "tokenizer_3"]
 
     # Copied from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3.StableDiffusion3Pipeline.__call__
     # with the HeadHunter additions between `# HeadHunter >>>` and `# HeadHunter <<<` (the parent lines they replace are

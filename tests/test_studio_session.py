@@ -178,3 +178,33 @@ def test_resume_from_the_run_list_ends_with_the_heads_of_an_uninterrupted_run(st
     # a run name that exists with other settings is refused, not overwritten
     with pytest.raises(gr.Error, match="different search"):
         list(studio.search("contrast", "", "a parrot", "0", 1, 1, panel, run_name="my-run"))
+
+
+def test_the_default_studio_model_is_the_trained_toy_and_its_snippet_and_command_line_remake_its_image(tmp_path):
+    """`headhunter ui` opens on toy-shapes: a grammar prompt, its 20 steps and 32 px, its presets only; the page's
+    Python snippet (run as is) and its `headhunter generate` line make the guided image the page shows."""
+    import shlex
+
+    from headhunter.cli import main
+    from headhunter.testing import TOY_PROMPT, toy_pipeline
+    from headhunter.ui.app import launch
+
+    assert __import__("inspect").signature(launch).parameters["model"].default == "toy-shapes"
+    studio = Studio(toy_pipeline(), "toy-shapes", tmp_path / "workspace")
+    assert (studio.defaults.prompt, studio.defaults.steps, studio.defaults.size) == (TOY_PROMPT, 20, 32)
+    assert studio.preset_names() and all(name.startswith("toy-shapes-") for name in studio.preset_names())
+    panel = replace_settings(studio.defaults, seed=4, heads=studio.preset_names()[0], pag_scale=3.0)
+    (_, guided), _, _, python, cli, *_ = studio.generate(panel)
+    namespace = {}
+    exec(compile(python, "snippet", "exec"), namespace)
+    assert close(namespace["image"], guided)
+    argv = shlex.split(cli)[1:] + ["--out", str(tmp_path / "cli")]
+    assert main(argv) == 0
+    assert close(Image.open(next((tmp_path / "cli").glob("*.png"))), guided)
+    assert read_settings(next((tmp_path / "cli").glob("*.png")))["max_sequence_length"] == 1
+
+
+def replace_settings(settings, **changes):
+    from dataclasses import replace
+
+    return replace(settings, **changes)

@@ -1,5 +1,7 @@
 """The toy-shapes grammar and renderer, and the ``shapes`` objective read against rendered ground truth."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,118 @@ def test_the_vocabulary_is_the_issues():
     assert SHAPES == ("circle", "square", "triangle")
     assert set(POSITIONS) == {"top left", "top right", "bottom left", "bottom right", "center"}
     assert STYLES == ("warm light", "cool light", "high contrast", "faded")
+
+
+# --- the toy-shapes model and its training ---------------------------------------------------------------------------
+def test_every_grammar_word_is_one_token_and_other_text_still_tokenizes():
+    from headhunter.testbed.model import MAX_TOKENS, word_tokenizer
+
+    tokenizer = word_tokenizer()
+    for scene in all_scenes()[::7]:
+        words = scene.prompt.replace(",", " ,").split()
+        assert tokenizer.tokenize(scene.prompt) == [w + "</w>" for w in words]
+        assert len(tokenizer(scene.prompt).input_ids) <= MAX_TOKENS
+    assert "".join(tokenizer.tokenize("a cat")).replace("</w>", " ").split() == ["a", "cat"]
+
+
+def _train(work, *extra):
+    from headhunter.testbed import train
+
+    train.main(["--work", str(work), "--scenes", "3", "--vae-steps", "2", "--batch", "4", "--save-every", "2",
+                "--threads", "1", *extra])
+
+
+def test_training_resumes_where_it_stopped_and_exports_a_pipeline_diffusers_runs_as_trained(tmp_path):
+    """Two steps, then a rerun to four, gives the weights of four steps in one go; the exported folder loads with
+    from_pretrained and its stock forward, with SD3's 256 zero text tokens, is the one training optimised (one zero
+    token whose logit carries log 256)."""
+    import math
+
+    from headhunter.pipelines import HeadHunterSD3Pipeline
+    from headhunter.testbed.train import SinkJointProcessor
+
+    _train(tmp_path / "straight", "--steps", "4")
+    _train(tmp_path / "resumed", "--steps", "2")
+    halfway = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    _train(tmp_path / "resumed", "--steps", "4", "--export", str(tmp_path / "pipe"))
+    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    assert halfway["step"] == 2 and straight["step"] == resumed["step"] == 4
+    assert torch.equal(straight["generator"], resumed["generator"])  # the same batches, noise and timesteps
+
+    for name in ("transformer", "text_encoder", "text_encoder_2"):
+        assert not all(torch.equal(v, halfway[name][k]) for k, v in straight[name].items())  # steps 3 and 4 moved it
+        for key, value in straight[name].items():
+            assert torch.equal(value, resumed[name][key]), (name, key)
+            assert torch.equal(straight["ema"][name][key], resumed["ema"][name][key]), (name, key)
+
+    pipe = HeadHunterSD3Pipeline.from_pretrained(tmp_path / "pipe")  # without T5, as saved
+    assert pipe.text_encoder_3 is None and pipe.vae.config.scaling_factor != 1.0
+    for name in ("transformer", "text_encoder"):  # the EMA weights were exported
+        exported = getattr(pipe, name).state_dict()
+        assert all(torch.equal(exported[k], v) for k, v in resumed["ema"][name].items() if v.dtype.is_floating_point)
+    prompt = "a red circle on a blue background, center"
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt, prompt, prompt, do_classifier_free_guidance=False,
+                                              max_sequence_length=256)
+    assert embeds.shape[1] == 16 + 256
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    timestep = torch.tensor([700.0])
+    stock = pipe.transformer(hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled,
+                             timestep=timestep, return_dict=False)[0]
+    pipe.transformer.set_attn_processor(SinkJointProcessor())
+    bias = torch.zeros(1, 64 + 17)
+    bias[:, -1] = math.log(256)
+    trained = pipe.transformer(hidden_states=latents, encoder_hidden_states=embeds[:, :17], pooled_projections=pooled,
+                               timestep=timestep, return_dict=False, joint_attention_kwargs={"sink_bias": bias})[0]
+    torch.testing.assert_close(trained, stock, atol=1e-5, rtol=1e-5)
+
+
+def test_the_shipped_model_loads_offline_from_the_package_and_draws_held_out_prompts():
+    """The trained weights are package data; on held-out prompts and seeds at the default settings the ``shapes``
+    analysis finds the colours and the position (the README's figures are measured the same way on 200 pairs by
+    benchmarks/testbed.py)."""
+    import time
+
+    from headhunter.testbed.data import held_out_scenes
+    from headhunter.testing import TOY_CALL, toy_pipeline, toy_pipeline_path
+
+    assert toy_pipeline_path().is_relative_to(Path(__import__("headhunter").__file__).parent)
+    weights = sum(p.stat().st_size for p in toy_pipeline_path().rglob("*") if p.is_file())
+    assert weights < 30e6
+    start = time.perf_counter()
+    pipe = toy_pipeline()
+    print(f"toy-shapes loaded in {time.perf_counter() - start:.2f} s")
+    scenes = held_out_scenes()[:12]
+    start = time.perf_counter()
+    images = pipe([s.prompt for s in scenes], generator=[torch.Generator().manual_seed(10_000 + i) for i in range(12)],
+                  output_type="np", **TOY_CALL).images
+    print(f"{(time.perf_counter() - start) / 12:.3f} s per image at {TOY_CALL['num_inference_steps']} steps (batch 12)")
+    assert images.shape == (12, 32, 32, 3)
+    right = {part: 0 for part in ("background", "foreground", "position")}
+    for image, scene in zip((images * 255).round().astype(np.uint8), scenes):
+        seen = analyse(image, scene.style)
+        for part in right:
+            right[part] += getattr(seen, part) == getattr(scene, part)
+    assert min(right.values()) >= 10, right
+
+
+def test_the_experiments_script_runs_in_its_small_mode(tmp_path):
+    """benchmarks/testbed.py --small: every experiment on a few pairs, with its tables and figure written."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "testbed.py"), "--small", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "testbed-small.json").read_text())
+    assert set(result) >= {"speed", "methods", "style", "halving", "softness", "scale"}
+    assert len(result["methods"]) == 5 and len(result["halving"]) == 5 and len(result["softness"]) == 5
+    for row in result["methods"].values():
+        assert 0 <= row["shapes"] <= 1 and row["frechet"] >= 0
+    # u = 0 perturbs nothing: the images of no guidance (up to batching's last bits)
+    assert result["softness"]["0"] == pytest.approx(result["methods"]["no guidance"], abs=1e-3)
+    table = (tmp_path / "testbed-small.md").read_text()
+    assert "(a) Guidance methods" in table and "(c) Cheaper strategies" in table
+    assert __import__("PIL.Image").Image.open(tmp_path / "testbed-small-samples.png").size[1] > 6 * 128

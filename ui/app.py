@@ -174,13 +174,13 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Tab("Search"):
                     search_uses = gr.Markdown(studio.search_uses(defaults), elem_id="search-uses")
                     with gr.Row():
-                        objective = gr.Dropdown(studio.objectives(), value="colorfulness", label="Objective",
+                        objective = gr.Dropdown(studio.objectives(), value=studio.search_defaults[0], label="Objective",
                                                 allow_custom_value=True, info="a registered scorer, or a spec such "
                                                 "as clip:golden hour")
                         style = gr.Textbox(label="Style", value="")
                         run_name = gr.Textbox(label="Run name", placeholder="new: leave empty for a dated name",
                                               elem_id="run-name")
-                    contents = gr.Textbox(label="Content prompts", lines=3, value="a parrot\na market stall")
+                    contents = gr.Textbox(label="Content prompts", lines=3, value=studio.search_defaults[1])
                     with gr.Row():
                         seeds = gr.Textbox(label="Seeds", value="0,1")
                         top_k = gr.Number(label="k", value=2, precision=0)
@@ -290,7 +290,7 @@ def build_app(studio: Studio) -> gr.Blocks:
     return app
 
 
-def launch(model: str = "tiny-sd3", host: str = "127.0.0.1", port: int = 7860, device: str | None = None,
+def launch(model: str = "toy-shapes", host: str = "127.0.0.1", port: int = 7860, device: str | None = None,
            dtype: str = "auto", offload: bool = False, workspace: str = "headhunter-ui-runs", **kwargs: Any) -> Any:
     """Load the model and serve the studio (127.0.0.1 unless ``host`` says otherwise)."""
     from headhunter.pipelines import load_pipeline

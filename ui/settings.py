@@ -56,8 +56,9 @@ class Settings:
             raise ValueError(f"Softness: {values['softness']:g} is outside [0, 1]")
         return replace(self, prompt=self.prompt or "", negative=self.negative or "", heads=self.heads or "", **values)
 
-    def call_kwargs(self, model_type: str, tiny: bool) -> dict[str, Any]:
-        """The pipeline's keyword arguments (everything but prompt, seed and heads), as the CLI writes them."""
+    def call_kwargs(self, model_type: str, extra: dict[str, Any]) -> dict[str, Any]:
+        """The pipeline's keyword arguments (everything but prompt, seed and heads), as the CLI writes them;
+        ``extra`` are the model's own (a built-in model's short text encoders)."""
         kwargs: dict[str, Any] = dict(num_inference_steps=self.steps, height=self.size, width=self.size,
                                       pag_scale=self.pag_scale, pag_softness=self.softness, pag_target=self.target,
                                       pag_scope=self.scope, pag_interval=(self.start, self.end),
@@ -67,11 +68,9 @@ class Settings:
         if model_type == "flux":
             kwargs["true_cfg_scale"] = self.cfg
             kwargs["guidance_scale"] = self.flux_guidance
-            if tiny:
-                kwargs["max_sequence_length"] = 48
         else:
             kwargs["guidance_scale"] = self.cfg
-        return kwargs
+        return {**kwargs, **extra}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], model_type: str) -> "Settings":

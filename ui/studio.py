@@ -27,8 +27,10 @@ from PIL import Image
 
 from headhunter.heads import HeadSet, list_presets, load_preset, preset_family, preset_from_json, save_preset
 from headhunter.metadata import read_settings, save_png
+from headhunter.pipelines.loading import builtin_defaults
 from headhunter.scorers import available_scorers
 from headhunter.search import HeadHunter, SearchCancelled
+from headhunter.testing import TOY_MODELS
 
 from . import workspace as ws
 from .picker import picker_html, toggle_head, toggle_layer
@@ -42,6 +44,8 @@ SCOPES = ["joint", "image"]
 HISTORY_LIMIT = 24
 BATCH_LIMIT = 16
 IMAGES_PER_CALL = 8
+TOY_SEARCH_PROMPTS = ("a red circle on a blue background, top left", "a white square on a green background, center",
+                      "a yellow triangle on a black background, bottom right")
 
 
 class Stopped(Exception):
@@ -56,7 +60,7 @@ class Studio:
         self.model_name = model_name
         self.layout = pipe.head_layout
         self.workspace = ws.Workspace(workspace)
-        self.tiny = model_name.lower().startswith("tiny-")
+        self.builtin = builtin_defaults(model_name)
         self.family = preset_family(model_name, self.layout)
         self.flux = self.layout.model_type == "flux"
         # per browser session and kind of work ("images", "search"): the switch its Stop sets
@@ -64,9 +68,15 @@ class Studio:
         self._running_runs: set[str] = set()
         self._guard = threading.Lock()
         self._seconds_per_image: float | None = None
-        self.defaults = Settings(steps=2 if self.tiny else (15 if self.flux else 28),
-                                 size=32 if self.tiny else (512 if self.flux else 1024),
-                                 prompt="a red fox in the snow" if self.tiny else "a lighthouse at dusk")
+        #: the Search tab's objective and content prompts
+        self.search_defaults = ("colorfulness", "a parrot\na market stall")
+        if model_name.lower() in TOY_MODELS:  # prompts of its grammar, read back by the weight-free objective
+            self.search_defaults = ("shapes", "\n".join(TOY_SEARCH_PROMPTS))
+        if self.builtin is not None:
+            self.defaults = Settings(steps=self.builtin.steps, size=self.builtin.size, prompt=self.builtin.prompt)
+        else:
+            self.defaults = Settings(steps=15 if self.flux else 28, size=512 if self.flux else 1024,
+                                     prompt="a lighthouse at dusk")
 
     # --- heads and presets -----------------------------------------------------------------------------------------
     # The page takes head specs and preset *names* only: shipped presets of this model's family, "saved:<name>" and
@@ -224,7 +234,7 @@ class Studio:
 
     # --- generation ----------------------------------------------------------------------------------------------
     def _kwargs(self, settings: Settings) -> dict:
-        return settings.call_kwargs(self.layout.model_type, self.tiny)
+        return settings.call_kwargs(self.layout.model_type, self.builtin.call if self.builtin else {})
 
     def _run(self, prompts: list[str], seeds: list[int], plans: list, kwargs: dict, stop: threading.Event | None = None,
              on_step: Callable[[int], None] | None = None) -> list[Image.Image]:
@@ -336,8 +346,9 @@ class Studio:
         cls = "HeadHunterFluxPipeline" if self.flux else "HeadHunterSD3Pipeline"
         device = self.pipe.device.type
         args = ",\n    ".join(f"{k}={v!r}" for k, v in kwargs.items() if v is not None)
-        if self.tiny:
-            load = f"from headhunter.testing import tiny_pipeline\n\npipe = tiny_pipeline({self.model_name!r}).to({device!r})\n"
+        if self.builtin is not None:
+            maker = "toy_pipeline" if self.model_name.lower() in TOY_MODELS else "tiny_pipeline"
+            load = f"from headhunter.testing import {maker}\n\npipe = {maker}({self.model_name!r}).to({device!r})\n"
         else:
             load = (f"from headhunter.pipelines import {cls}\n\n"
                     f"pipe = {cls}.from_pretrained({self.model_name!r}, torch_dtype={self.pipe.transformer.dtype}).to({device!r})\n")
@@ -478,10 +489,10 @@ class Studio:
         extra: dict[str, Any] = {}
         guidance = None  # SD3: CFG off unless asked; FLUX: its distilled guidance
         negative = settings.negative.strip()
+        if self.builtin is not None:
+            extra.update(self.builtin.call)
         if self.flux:
             guidance = settings.flux_guidance
-            if self.tiny:
-                extra["max_sequence_length"] = 48
             if settings.cfg > 1 and negative:
                 extra.update(true_cfg_scale=settings.cfg, negative_prompt=negative)
         else:

@@ -98,7 +98,7 @@ class Workspace:
             status = "running" if run.name in running else "done" if done else "stopped — resumable"
             heads = selected_so_far(run, config)
             found.append(RunInfo(run.name, status, config.objective, str(heads) or "—", scored(run),
-                                 config_images(config) if config.strategy == "greedy" else 0))
+                                 config_images(config) if config.strategy != "halving" else 0))
         return found
 
 
@@ -123,6 +123,7 @@ def search_arguments(config: SearchConfig) -> dict[str, Any]:
                 num_inference_steps=config.num_inference_steps, height=config.height, width=config.width,
                 guidance_scale=config.guidance_scale, strategy=config.strategy,
                 halving_initial_pairs=config.halving_initial_pairs, halving_keep=config.halving_keep,
+                coarse_steps=config.coarse_steps,
                 model_name=config.model, extra_call_kwargs=extra or None)
 
 

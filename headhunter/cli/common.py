@@ -138,11 +138,11 @@ def read_prompt_list(prompts: Sequence[str] | None, prompt_file: str | None, sty
     return found
 
 
-def run_target(args: argparse.Namespace) -> tuple[str, str, bool, int | None, int | None]:
-    """(device, model family, tiny model?, width, height) for search and eval, checked before any weight loads;
-    under accelerate / torchrun each process takes its own device."""
+def run_target(args: argparse.Namespace) -> tuple[str, str, Any, int | None, int | None]:
+    """(device, model family, built-in model's defaults or None, width, height) for search and eval, checked before
+    any weight loads; under accelerate / torchrun each process takes its own device."""
     from headhunter.pipelines import model_family
-    from headhunter.pipelines.loading import check_device, is_tiny
+    from headhunter.pipelines.loading import builtin_defaults, check_device
 
     device = args.device
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -151,9 +151,16 @@ def run_target(args: argparse.Namespace) -> tuple[str, str, bool, int | None, in
         device = str(PartialState().device)
     device = check_device(device)
     family = model_family(args.model)
-    tiny = is_tiny(args.model)
-    width, height = args.size or ((32, 32) if tiny else (1024, 1024) if family == "sd3" else (512, 512))
-    return device, family, tiny, width, height
+    builtin = builtin_defaults(args.model)
+    width, height = args.size or default_size(builtin, family)
+    return device, family, builtin, width, height
+
+
+def default_size(builtin: Any, family: str) -> tuple[int, int]:
+    """(width, height) when --size is not given: the built-in model's, else the family's usual resolution."""
+    if builtin is not None:
+        return builtin.size, builtin.size
+    return (1024, 1024) if family == "sd3" else (512, 512)
 
 
 def import_modules(modules: Sequence[str]) -> None:

@@ -34,7 +34,6 @@ def split_metrics(texts: Sequence[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from headhunter.evaluate import Evaluation, load_settings_file, parse_setting, read_prompts
     from headhunter.pipelines import load_pipeline
-    from headhunter.pipelines.loading import call_defaults
     from headhunter.scorers import ScorerUnavailable
     from headhunter.scorers.base import parse_spec
 
@@ -54,11 +53,12 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline is not None and args.baseline not in names:
         raise UsageError(f"--baseline {args.baseline!r} is not one of the settings: {', '.join(names)}")
     check_writable_dir(args.out, "--out")
-    device, family, tiny, width, height = run_target(args)
-    defaults: dict[str, Any] = {"num_inference_steps": args.steps or (2 if tiny else 28), "width": width, "height": height}
+    device, family, builtin, width, height = run_target(args)
+    defaults: dict[str, Any] = {"num_inference_steps": args.steps or (builtin.steps if builtin else 28), "width": width,
+                                "height": height}
     if family != "flux":
         defaults["guidance_scale"] = 1.0  # CFG off unless a setting asks for it
-    defaults.update(call_defaults(family, tiny))
+    defaults.update(builtin.call if builtin else {})
     pipe = load_pipeline(args.model, device, args.dtype, False)
     pipe.set_progress_bar_config(disable=True)
     command = "headhunter " + shlex.join(args.argv)
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     ev = sub.add_parser("eval", help="generate and score image sets under several settings, with a report")
-    ev.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or tiny-sd3 / tiny-flux / tiny-flux2 / tiny-qwenimage")
+    ev.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or a built-in offline model: toy-shapes (trained), tiny-sd3 / tiny-flux / tiny-flux2 / tiny-qwenimage (random weights)")
     ev.add_argument("--prompts", required=True, help=".txt (one per line), .csv or .jsonl (prompt, optional seed, style)")
     ev.add_argument("--seeds", type=parse_seeds, default=[0])
     ev.add_argument("--setting", action="append", default=[], metavar="'NAME: key=value, ...'",

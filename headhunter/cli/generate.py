@@ -6,16 +6,18 @@ import argparse
 import time
 from typing import Any, Sequence
 
-from .common import check_writable_dir, non_negative_float, parse_interval, parse_seeds, parse_size, positive_int, unique_path
+from .common import (check_writable_dir, default_size, non_negative_float, parse_interval, parse_seeds, parse_size,
+                     positive_int, unique_path)
 
 __all__ = ["add_generation_options", "generate_images", "register", "validate_call"]
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny-sd3",
-                        help="hub id, local pipeline folder, or a tiny offline model (tiny-sd3, tiny-sd3.5, tiny-flux)")
-    parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 28; 2 for tiny models)")
-    parser.add_argument("--size", type=parse_size, default=None, help="N or WxH (default: the model's; 32 for tiny)")
+                        help="hub id, local pipeline folder, or a built-in offline model: toy-shapes (trained), "
+                             "tiny-sd3, tiny-sd3.5, tiny-flux, tiny-flux2, tiny-qwenimage (random weights)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 28; 20 for toy-shapes, 2 for tiny models)")
+    parser.add_argument("--size", type=parse_size, default=None, help="N or WxH (default: the model's; 32 for the built-in models)")
     parser.add_argument("--cfg", type=non_negative_float, default=None,
                         help="classifier-free guidance: SD3 guidance_scale, FLUX true_cfg_scale (default: off)")
     parser.add_argument("--flux-guidance", type=non_negative_float, default=3.5,
@@ -34,11 +36,12 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload", action="store_true", help="enable_model_cpu_offload (needs a GPU)")
 
 
-def generation_settings(args: argparse.Namespace, family: str, tiny: bool) -> dict[str, Any]:
-    from headhunter.pipelines.loading import call_defaults
+def generation_settings(args: argparse.Namespace, family: str) -> dict[str, Any]:
+    from headhunter.pipelines.loading import builtin_defaults
 
-    width, height = args.size or ((32, 32) if tiny else (1024, 1024) if family == "sd3" else (512, 512))
-    steps = args.steps if args.steps is not None else (2 if tiny else 28)
+    builtin = builtin_defaults(args.model)
+    width, height = args.size or default_size(builtin, family)
+    steps = args.steps if args.steps is not None else (builtin.steps if builtin else 28)
     settings: dict[str, Any] = {
         "model": args.model, "width": width, "height": height, "num_inference_steps": steps,
         "negative_prompt": args.negative_prompt, "pag_heads": args.heads, "pag_scale": args.pag_scale,
@@ -52,7 +55,7 @@ def generation_settings(args: argparse.Namespace, family: str, tiny: bool) -> di
         settings["true_cfg_scale"] = args.cfg if args.cfg is not None else 1.0
     else:  # SD3, and the modular pipelines' guider (FLUX.2 Klein base, Qwen-Image)
         settings["guidance_scale"] = args.cfg if args.cfg is not None else 1.0
-    settings.update(call_defaults(family, tiny))
+    settings.update(builtin.call if builtin else {})
     return settings
 
 
@@ -92,13 +95,12 @@ def slug(text: str, limit: int = 40) -> str:
 def run(args: argparse.Namespace) -> int:
     from headhunter.metadata import save_png
     from headhunter.pipelines import load_pipeline, model_family
-    from headhunter.pipelines.loading import is_tiny
 
     if not args.prompt.strip():
         raise ValueError("--prompt is empty")
     out = check_writable_dir(args.out, "--out")
     family = model_family(args.model)
-    settings = generation_settings(args, family, is_tiny(args.model))
+    settings = generation_settings(args, family)
     pipe = load_pipeline(args.model, args.device, args.dtype, args.offload)
     validate_call(pipe, settings)
     start = time.perf_counter()

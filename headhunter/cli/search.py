@@ -15,7 +15,6 @@ def run(args: argparse.Namespace) -> int:
     from headhunter.arguments import check_image_size
     from headhunter.attention import check_target_scope
     from headhunter.pipelines import load_pipeline
-    from headhunter.pipelines.loading import call_defaults
     from headhunter.scorers import ScorerUnavailable
     from headhunter.scorers.base import parse_spec
     from headhunter.search import HeadHunter
@@ -29,18 +28,19 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.halving_keep < 1:
         raise UsageError(f"--halving-keep {args.halving_keep} must be between 0 and 1")
     check_writable_dir(args.run_dir, "--run-dir")
-    device, family, tiny, width, height = run_target(args)
+    device, family, builtin, width, height = run_target(args)
     pipe = load_pipeline(args.model, device, args.dtype, False)
     check_image_size(pipe, height, width)
     pipe.set_progress_bar_config(disable=True)
-    extra = call_defaults(family, tiny)
+    extra = dict(builtin.call) if builtin else {}
     try:
         hunter = HeadHunter(
             pipe, args.objective, prompts, args.seeds, args.top_k, args.rounds, args.run_dir,
             candidates=args.candidates, pag_scale=args.pag_scale, pag_softness=args.softness, pag_target=args.target,
-            pag_scope=args.scope, num_inference_steps=args.steps or (2 if tiny else 20), height=height, width=width,
+            pag_scope=args.scope, num_inference_steps=args.steps or (builtin.steps if builtin else 20), height=height, width=width,
             guidance_scale=args.cfg, strategy=args.strategy, batch_size=args.batch_size,
             halving_initial_pairs=args.halving_initial_pairs, halving_keep=args.halving_keep,
+            coarse_steps=args.coarse_steps,
             save_images=args.save_images, model_name=args.model, scorer_options=dict(args.option),
             extra_call_kwargs=extra,
         )
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     search = sub.add_parser("search", help="HeadHunter search for the heads that serve an objective")
-    search.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or tiny-sd3 / tiny-flux / tiny-flux2 / tiny-qwenimage")
+    search.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or a built-in offline model: toy-shapes (trained), tiny-sd3 / tiny-flux / tiny-flux2 / tiny-qwenimage (random weights)")
     search.add_argument("--objective", required=True, help="scorer spec, e.g. pickscore or 'style:golden hour'")
     search.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     search.add_argument("--prompt-file", default=None, help="one prompt per line")
@@ -70,8 +70,10 @@ def register(sub: Any) -> None:
     search.add_argument("--top-k", type=positive_int, default=3, help="heads added per round (k)")
     search.add_argument("--rounds", type=positive_int, default=1, help="rounds (R)")
     search.add_argument("--candidates", default=None, help="heads to search, e.g. L0-11 (default: all)")
-    search.add_argument("--strategy", default="greedy", choices=("greedy", "halving"),
-                        help="greedy (Algorithm 1) or halving")
+    search.add_argument("--strategy", default="greedy", choices=("greedy", "halving", "coarse"),
+                        help="greedy (Algorithm 1), halving, or coarse (greedy at --coarse-steps)")
+    search.add_argument("--coarse-steps", type=positive_int, default=None,
+                        help="the coarse strategy's denoising steps (default: a fifth of --steps, at least 2)")
     search.add_argument("--halving-initial-pairs", type=positive_int, default=2)
     search.add_argument("--halving-keep", type=float, default=0.5)
     search.add_argument("--batch-size", type=positive_int, default=8, help="images per pipeline call")

@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     ui = sub.add_parser("ui", help="the Gradio studio")
-    ui.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or tiny-sd3 / tiny-flux (default)")
+    ui.add_argument("--model", default="toy-shapes",
+                    help="hub id, local folder, or a built-in model: toy-shapes (trained; default), tiny-sd3, tiny-flux")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=7860)
     ui.add_argument("--device", default=None, help="cuda when available, else cpu")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["COLORS", "POSITIONS", "SHAPES", "STYLES", "Scene", "all_scenes", "apply_style", "parse_prompt", "render",
-           "styled_palette"]
+__all__ = ["COLORS", "POSITIONS", "SHAPES", "STYLES", "Scene", "all_scenes", "apply_style", "held_out_scenes", "parse_prompt",
+           "render", "styled_palette", "training_scenes"]
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -128,3 +128,16 @@ def render(scene: Scene | str, size: int = 32, seed: int = 0) -> Image.Image:
     else:  # an upright triangle filling the box
         draw.polygon([(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)], fill=color)
     return Image.fromarray(apply_style(np.asarray(image), scene.style))
+
+
+def held_out_scenes(count: int = 200) -> list[Scene]:
+    """The scenes kept out of training (a fixed, seeded draw over all scenes): the testbed measures on these."""
+    scenes = all_scenes()
+    random.Random(20261125).shuffle(scenes)
+    return scenes[:count]
+
+
+def training_scenes() -> list[Scene]:
+    """Every scene but the :func:`held_out_scenes`."""
+    held = set(held_out_scenes())
+    return [scene for scene in all_scenes() if scene not in held]
