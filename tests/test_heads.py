@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +103,14 @@ def test_shipped_presets_are_valid_and_sourced():
         if preset["family"] in tiny:  # something to click on the offline models, and said to mean nothing
             preset["heads"].validate(tiny[preset["family"]])
             assert "random weights" in preset["source"]
+            continue
+        if preset["family"] == "toy-shapes":  # measured on the trained toy: the heads of the benchmark's searches
+            preset["heads"].validate(HeadLayout("sd3", 6, 4, 24))
+            assert "benchmarks/testbed.py" in preset["source"]
+            results = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "testbed.json").read_text())
+            found = [results["halving"]["greedy"]["selected"], *(label.split("(")[1].rstrip(")")
+                                                                for label in results["style"] if "searched" in label)]
+            assert str(preset["heads"]) in found, name
             continue
         layout = SD3 if preset["family"] == "sd3" else FLUX
         preset["heads"].validate(layout)
