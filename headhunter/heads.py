@@ -402,8 +402,10 @@ def preset_family(model: str, layout: "HeadLayout") -> str:
     """The preset family of a model: its layout's type (``"sd3"``, ``"flux"``), prefixed ``tiny-`` for the tiny
     offline models (their few heads are not the real models'); a toy model's name (``"toy-shapes"``) for the trained
     toy models, whose heads are their own."""
+    from .testing import TOY_MODELS
+
     name = str(model).lower()
-    if name.startswith("toy-"):
+    if name in TOY_MODELS:
         return name
     return ("tiny-" if name.startswith("tiny-") else "") + layout.model_type
 

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                                 out / f"{i}-compare.png", {"left": "unguided", "right": f"guided {heads}", "prompt": prompt}))
     print(f"2. unguided | guided on {heads}, held-out prompts: {', '.join(repr(p) for p in held_out[:2])}")
 
-    # 3. the found heads against no guidance: how often the image shows what the prompt says
+    # 3. the found heads against no guidance, on held-out prompts and new seeds
     scorer = load_scorer(objective)
     means = {}
     for label, spec in (("no guidance", None), (f"heads {heads}", heads)):

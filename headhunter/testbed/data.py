@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["COLORS", "POSITIONS", "SHAPES", "STYLES", "Scene", "all_scenes", "apply_style", "held_out_scenes", "parse_prompt",
-           "render", "styled_palette", "training_scenes"]
+__all__ = ["COLORS", "POSITIONS", "SHAPES", "STYLES", "Scene", "all_scenes", "apply_style", "held_out_scenes",
+           "parse_prompt", "render", "styled_palette", "training_scenes"]
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
