@@ -34,13 +34,12 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(model, "cpu", "float32")
     print(f"headhunter demo on {model}: a small SD3-architecture model trained offline on coloured shapes (32×32), "
           "prompts 'a {colour} {shape} on a {colour} background, {position}[, {style}]'")
-    gen = dict(num_inference_steps=defaults.steps, height=defaults.size, width=defaults.size, guidance_scale=1.0,
-               **defaults.call)
+    search_gen = dict(num_inference_steps=defaults.steps, height=defaults.size, width=defaults.size, guidance_scale=1.0)
+    gen = {**search_gen, **defaults.call}
 
     # 1. a short style search: the heads whose guidance makes "warm light" warmer, on prompts the model was trained on
     objective, seeds, style = "warmth", [0], "warm light"
     prompts = [scene.prompt for scene in training_scenes() if scene.style == style][::60]
-    search_gen = {k: v for k, v in gen.items() if k not in defaults.call}
     result = HeadHunter(pipe, objective, prompts, seeds, top_k=2, rounds=1, run_dir=out / "search", pag_scale=DEMO_SCALE,
                         batch_size=24, progress=False, model_name=model, extra_call_kwargs=defaults.call,
                         **search_gen).run()

@@ -121,6 +121,11 @@ def train_vae(vae: Any, images: torch.Tensor, work: Path, steps: int, batch: int
         step = state["step"]
     if step >= steps:
         return
+
+    def snapshot() -> dict:
+        return {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                "step": step}
+
     vae.train()
     bar = _progress(steps, step, "vae")
     try:
@@ -138,11 +143,9 @@ def train_vae(vae: Any, images: torch.Tensor, work: Path, steps: int, batch: int
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % save_every == 0 or step == steps:
-                _save(path, {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                             "generator": generator.get_state(), "step": step})
+                _save(path, snapshot())
     except KeyboardInterrupt:
-        _save(path, {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                     "step": step})
+        _save(path, snapshot())
         raise
     finally:
         bar.close()
