@@ -196,16 +196,16 @@ def main() -> None:
         log(f"searched for shapes: {found.selected}")
         greedy_rows = found.rounds[0].rows
         greedy_blocks = found.block_evaluations
-        halving = {}
+        cheaper = {}
         strategies = {"halving (2 pairs first, keep ½)": {"strategy": "halving"},
                       "halving (1 pair first, keep ¼)": {"strategy": "halving", "halving_initial_pairs": 1,
                                                          "halving_keep": 0.25},
                       "coarse (every pair at 4 of 20 steps)": {"strategy": "coarse", "coarse_steps": 4},
                       "coarse (every pair at 2 of 20 steps)": {"strategy": "coarse", "coarse_steps": 2}}
         for i, (name, options) in enumerate(strategies.items()):
-            halving[name] = search(pipe, "shapes", training_prompts(args.search_prompts), seeds, args.top_k,
+            cheaper[name] = search(pipe, "shapes", training_prompts(args.search_prompts), seeds, args.top_k,
                                    Path(tmp) / f"strategy-{i}", args, **options)
-            log(f"{name}: {halving[name].selected}")
+            log(f"{name}: {cheaper[name].selected}")
         style_found = {objective: search(pipe, objective, training_prompts(args.search_prompts, "warm light", 1), seeds,
                                          args.top_k, Path(tmp) / objective, args)
                        for objective in ("warmth", "shapes-style")}
@@ -241,7 +241,7 @@ def main() -> None:
     full = [row["head"] for row in greedy_rows]
     top = set(full[: args.top_k])
     result["halving"] = {"greedy": {"selected": searched, "block_evaluations": greedy_blocks}}
-    for name, run in halving.items():
+    for name, run in cheaper.items():
         order = [row["head"] for row in run.rounds[0].rows]
         result["halving"][name] = {
             "selected": str(run.selected), "block_evaluations": run.block_evaluations,
