@@ -45,4 +45,4 @@ def test_two_threads_with_different_heads_get_their_single_call_images():
             np.testing.assert_array_equal(results[name], reference[name])
     assert not reference["a"].tobytes() == reference["b"].tobytes()
     assert dict(pipe.transformer.attn_processors).keys() and all(
-        type(p).__name__ != "SoftPAGJointProcessor" for p in pipe.transformer.attn_processors.values())
+        type(p).__name__ != "SoftPAGProcessor" for p in pipe.transformer.attn_processors.values())

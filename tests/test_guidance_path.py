@@ -29,7 +29,7 @@ def test_processors_and_hooks_are_installed_once_per_call(monkeypatch):
                         lambda self, *a, **k: (hooks.append(type(self).__name__), original_register(self, *a, **k))[1])
     pipe("a cat", generator=torch.Generator().manual_seed(0), pag_heads="L1H0,L2", pag_interval=(0.0, 0.5), **SD3)
     # 2 perturbed layers: installed once and restored once, for 4 steps (2 of them outside the interval)
-    assert processors == ["SoftPAGJointProcessor"] * 2 + ["JointAttnProcessor2_0"] * 2
+    assert processors == ["SoftPAGProcessor"] * 2 + ["JointAttnProcessor2_0"] * 2
     assert sorted(hooks) == sorted(["JointTransformerBlock"] * 3 + ["AdaLayerNormContinuous"])
 
 
@@ -149,7 +149,7 @@ def test_context_parallel_refuses_targets_that_need_the_whole_sequence(target, s
         plan = build_plan(pipe.head_layout, [{(1, 0): 1.0}], do_classifier_free_guidance=False, target=target,
                           scope=scope)
         with perturbed_heads(pipe.transformer, plan):
-            assert type(pipe.transformer.transformer_blocks[1].attn.processor).__name__ == "SoftPAGJointProcessor"
+            assert type(pipe.transformer.transformer_blocks[1].attn.processor).__name__ == "SoftPAGProcessor"
     else:
         with pytest.raises(ValueError, match="needs the whole sequence"):
             pipe("a cat", **dict(SD3, pag_heads="L1", pag_target=target, pag_scope=scope))

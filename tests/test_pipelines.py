@@ -164,7 +164,7 @@ def test_processors_restored_after_call_and_after_error(sd3):
     plan = build_plan(layout, [{(0, 0): 1.0}], do_classifier_free_guidance=False)
     with pytest.raises(RuntimeError):
         with perturbed_heads(hh.transformer, plan):
-            assert type(hh.transformer.transformer_blocks[0].attn.processor).__name__ == "SoftPAGJointProcessor"
+            assert type(hh.transformer.transformer_blocks[0].attn.processor).__name__ == "SoftPAGProcessor"
             hh.transformer(hidden_states=torch.randn(3, 16, 16, 16), timestep=torch.ones(3),
                            encoder_hidden_states=torch.randn(3, 5, 32), pooled_projections=torch.randn(3, 64))
     assert hh.transformer.attn_processors == before
@@ -306,22 +306,34 @@ def test_fused_qkv_projections_match_unfused(model, heads):
     assert (got - expected).abs().max() <= 1e-5
 
 
-def test_unperturbed_attention_goes_through_diffusers_dispatch(monkeypatch, sd3, flux):
-    import diffusers.models.attention_dispatch as dispatch
+def test_the_users_backend_computes_the_perturbed_layers_attention(monkeypatch, sd3, flux):
+    """The attention of perturbed layers goes through diffusers' dispatch, on the backend the user chose."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
+    name = AttentionBackendName("_native_math")
+    real = _AttentionBackendRegistry._backends[name]
     calls = []
-    real = dispatch.dispatch_attention_fn
 
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("backend"))
+    def counting(*args, **kwargs):
+        calls.append(kwargs["query"].shape[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dispatch, "dispatch_attention_fn", spy)
-    sd3[0]("a cat", generator=gen(), pag_heads="L1H0,L2H1", **SD3_KW)
-    assert len(calls) == 2 * 2  # two perturbed layers, two steps
-    calls.clear()
-    flux[0]("a cat", generator=gen(), pag_heads="L3H0", **FLUX_KW)
-    assert len(calls) >= 2
+    monkeypatch.setitem(_AttentionBackendRegistry._backends, name, counting)
+    sd3[0].transformer.set_attention_backend("_native_math")
+    flux[0].transformer.set_attention_backend("_native_math")
+    try:
+        # SD3's stock processor calls SDPA itself; headhunter's joint processor on the perturbed layers dispatches
+        sd3[0]("a cat", generator=gen(), pag_heads="L1H0,L2H1", **SD3_KW)
+        assert calls == [2] * (2 * 2)  # two perturbed layers, two steps, cond + perturbed rows
+        calls.clear()
+        flux[0]("a cat", generator=gen(), **FLUX_KW)
+        stock = len(calls)
+        calls.clear()
+        flux[0]("a cat", generator=gen(), pag_heads="L3H0", **FLUX_KW)
+        assert stock > 0 and len(calls) == stock and 2 in calls  # the same calls, the forked ones with both rows
+    finally:
+        sd3[0].transformer.reset_attention_backend()
+        flux[0].transformer.reset_attention_backend()
 
 
 def test_backend_chosen_by_user_is_kept(flux_components):
@@ -331,7 +343,7 @@ def test_backend_chosen_by_user_is_kept(flux_components):
     plan = build_plan(layout, [{(1, 0): 1.0}], do_classifier_free_guidance=False)
     with perturbed_heads(hh.transformer, plan):
         processor = layout.attention(hh.transformer, 1).processor
-        assert type(processor).__name__ == "SoftPAGFluxProcessor"
+        assert type(processor).__name__ == "SoftPAGProcessor"
         assert str(processor._attention_backend.value) == "_native_math"
 
 

@@ -4,38 +4,47 @@ diffusers' attention processors (FLUX.1, Chroma, FLUX.2, Qwen-Image, Z-Image, Wa
 way — QK-norm, RoPE, [text; image] concatenation, single- or double-stream — and then call the module-level name
 ``dispatch_attention_fn`` of their module with [B, S, H, D] tensors. headhunter wraps that name once per module: the
 wrapper calls diffusers' function with the same arguments (so the user's backend — native, flash, sage, xformers —
-serves every head) and, only while a :class:`DispatchPerturbation` processor of this thread is inside its call, mixes
-the SoftPAG target into the heads it perturbs. Outside such a call the wrapper is diffusers' function plus one
-context-variable read; a new model needs its layout in :data:`headhunter.heads.MODELS`, not new attention code.
+serves every head) and, only while one of headhunter's stand-in processors of this thread is inside its call
+(:func:`perturbing`), mixes the SoftPAG target into the rows and heads that call perturbs. Outside such a call the
+wrapper is diffusers' function plus one attribute read; a new model needs its layout in
+:data:`headhunter.heads.MODELS`, not new attention code. (SD3's stock processor calls SDPA itself; headhunter's
+:class:`~headhunter.attention.processors.JointAttnDispatchProcessor` is it, through ``dispatch_attention_fn``.)
+
+The mix of the call in progress lives in a ``threading.local``: per thread like a context variable, and, unlike one,
+traceable by torch.compile, so a compiled transformer keeps one graph (fullgraph) with the wrapper inside it.
 """
 
 from __future__ import annotations
 
-import inspect
 import sys
 import threading
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from .targets import image_scope_identity_values, soft_mix, target_values
 
-__all__ = ["DispatchPerturbation", "hook_dispatch", "mirror_signature"]
+__all__ = ["Mix", "hook_dispatch", "mix_target", "perturbing", "perturbing_dispatch", "token_slices"]
 
 
-@dataclass(frozen=True)
-class _Mix:
-    u: torch.Tensor  # [heads] softness of this layer's heads (0 for the heads left alone)
-    target: str
-    scope: str
-    image: slice | None  # image tokens of the sequence, for the image scope
-    text: slice | None
+class Mix:
+    """What one attention call perturbs.
+
+    Attributes:
+        u: softness per head: [heads] for every row from ``first_row`` on, or [rows − first_row, heads].
+        first_row: rows before it are left alone (a pipeline's base rows).
+        target, scope: see :mod:`headhunter.attention.targets`.
+        image, text: token slices of the sequence, for the image scope (None otherwise).
+    """
+
+    __slots__ = ("u", "first_row", "target", "scope", "image", "text")
+
+    def __init__(self, u: torch.Tensor, first_row: int, target: str, scope: str, image: slice | None = None,
+                 text: slice | None = None):
+        self.u, self.first_row, self.target, self.scope, self.image, self.text = u, first_row, target, scope, image, text
 
 
-# Per thread (and per asyncio task): the perturbation of the attention call in progress, if any.
-_ACTIVE: ContextVar[_Mix | None] = ContextVar("headhunter_perturbation", default=None)
+_LOCAL = threading.local()  # .mix: the Mix of the stand-in processor call in progress on this thread, if any
 _HOOK_LOCK = threading.Lock()
 
 
@@ -47,32 +56,52 @@ def hook_dispatch(module_name: str) -> None:
         if current is None:
             raise ValueError(f"{module_name} does not call diffusers' dispatch_attention_fn; its heads cannot be perturbed")
         if not hasattr(current, "headhunter_original"):
-            module.dispatch_attention_fn = _perturbing(current)
+            module.dispatch_attention_fn = perturbing_dispatch(current)
 
 
-def _perturbing(dispatch: Callable) -> Callable:
+def perturbing_dispatch(dispatch: Callable) -> Callable:
+    """``dispatch`` (diffusers' ``dispatch_attention_fn``) with the mix of the stand-in call in progress applied."""
     def dispatch_attention_fn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                               attn_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = dispatch(query, key, value, attn_mask, *args, **kwargs)
-        mix = _ACTIVE.get()
+        mix = getattr(_LOCAL, "mix", None)
         if mix is None:
             return out
+        # the layer's own attention is its first call; later ones (an IP-Adapter's image attention) are left alone
+        _LOCAL.mix = None
         return mix_target(query, key, value, attn_mask, out, mix)
 
     dispatch_attention_fn.headhunter_original = dispatch  # type: ignore[attr-defined]
     return dispatch_attention_fn
 
 
-def mirror_signature(stand_in: Any, original: Any) -> None:
-    """Make ``stand_in.__call__`` read as ``original.__call__`` to :func:`inspect.signature`: diffusers' attention
-    modules choose the keyword arguments they pass a processor from that signature. (Calls still go to the
-    stand-in's class ``__call__``.)"""
+def perturbing(mix: Mix, processor: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``processor(*args, **kwargs)`` with ``mix`` applied to the attention it dispatches."""
+    previous = getattr(_LOCAL, "mix", None)
+    _LOCAL.mix = mix
+    try:
+        return processor(*args, **kwargs)
+    finally:
+        _LOCAL.mix = previous
 
-    def signature_only(*args: Any, **kwargs: Any) -> Any:
-        return type(stand_in).__call__(stand_in, *args, **kwargs)
 
-    signature_only.__signature__ = inspect.signature(original.__call__)  # type: ignore[attr-defined]
-    stand_in.__dict__["__call__"] = signature_only
+def token_slices(kind: str, scope: str, text_len: int | None, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None) -> tuple[slice | None, slice | None]:
+    """(image, text) token slices of a layer's attention sequence for the image scope; (None, None) for the joint
+    scope. ``kind`` is :meth:`~headhunter.heads.HeadLayout.block_kind`: SD3's joint layers put the image first,
+    double- and single-stream layers the text (a single-stream layer's ``text_len`` tokens), self-attention layers
+    have image (video) tokens only."""
+    if scope != "image":
+        return None, None
+    if kind == "joint":
+        n_image = hidden_states.shape[1]
+        return slice(0, n_image), slice(n_image, None)
+    if kind == "self":
+        return slice(0, None), slice(0, 0)
+    n_text = encoder_hidden_states.shape[1] if kind == "double" and encoder_hidden_states is not None else text_len
+    if n_text is None:
+        raise ValueError("pag_scope='image' on a single-stream layer needs text_len (the text tokens before the image)")
+    return slice(n_text, None), slice(0, n_text)
 
 
 def _key_valid(mask: torch.Tensor | None, batch: int, keys: int) -> torch.Tensor | None:
@@ -89,66 +118,26 @@ def _key_valid(mask: torch.Tensor | None, batch: int, keys: int) -> torch.Tensor
 
 
 def mix_target(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, out: torch.Tensor,
-               mix: _Mix) -> torch.Tensor:
-    """``out`` ([B, S, H, D], the attention as computed) with each head moved toward its target by its u."""
-    u = mix.u.to(out.device)[None].expand(out.shape[0], -1)
+               mix: Mix) -> torch.Tensor:
+    """``out`` ([B, S, H, D], the attention as computed) with the heads of rows ``mix.first_row:`` moved toward their
+    target by their u. A head whose u is 0 keeps its output bit for bit."""
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"SoftPAG perturbs self-attention; this attention call has {q.shape[1]} queries and "
+                         f"{k.shape[1]} keys")
+    first = mix.first_row
+    rows = out.shape[0] - first
+    u = mix.u.to(out.device)
+    if u.ndim == 1:
+        u = u[None].expand(rows, -1)
     if out.requires_grad:  # backends may keep their output for backward: do not write into it
         out = out.clone()
+    q, k, v = q[first:], k[first:], v[first:]
     if mix.scope == "image":
-        valid = _key_valid(mask, q.shape[0], k.shape[1])
-        target = image_scope_identity_values(q, k, v, mix.image, mix.text, None if valid is None else valid[:, mix.text])
-        out[:, mix.image] = soft_mix(out[:, mix.image], target, u)
+        valid = _key_valid(mask, out.shape[0], k.shape[1])
+        text_valid = None if valid is None else valid[first:, mix.text]
+        target = image_scope_identity_values(q, k, v, mix.image, mix.text, text_valid)
+        out[first:, mix.image] = soft_mix(out[first:, mix.image], target, u)
         return out
-    valid = None if mix.target == "identity" else _key_valid(mask, q.shape[0], k.shape[1])
-    return soft_mix(out, target_values(q, k, v, mix.target, valid), u)
-
-
-class DispatchPerturbation:
-    """Stands in for a layer's stock processor and perturbs its heads: the stock processor runs unchanged, and its
-    call of ``dispatch_attention_fn`` gets the target mixed in (see the module docstring).
-
-    Args:
-        original: the stock processor.
-        u: [heads] softness per head (0 for heads left alone).
-        target, scope: see :mod:`headhunter.attention.targets`.
-        kind: the layer's block kind (:meth:`~headhunter.heads.HeadLayout.block_kind`): where the image tokens are.
-        text_len: text tokens at the start of a single-stream layer's sequence (its image scope needs them).
-    """
-
-    def __init__(self, original: Any, u: torch.Tensor, target: str, scope: str, kind: str, text_len: int | None = None):
-        self.original = original
-        self.u = u
-        self.target = target
-        self.scope = scope
-        self.kind = kind
-        self.text_len = text_len
-        parameters = inspect.signature(original.__call__).parameters.values()
-        # diffusers passes a processor only the keyword arguments its signature names; so do we
-        self._accepts = None if any(p.kind is p.VAR_KEYWORD for p in parameters) else {p.name for p in parameters}
-        mirror_signature(self, original)
-
-    def __getattr__(self, name: str) -> Any:  # _attention_backend, _parallel_config, ... of the stock processor
-        if name == "original":
-            raise AttributeError(name)
-        return getattr(self.original, name)
-
-    def _slices(self, args: tuple, kwargs: dict) -> tuple[slice | None, slice | None]:
-        if self.scope != "image":
-            return None, None
-        if self.kind == "self":  # self-attention over the image (video) tokens alone
-            return slice(0, None), slice(0, 0)
-        context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-        n_text = context.shape[1] if context is not None and self.kind == "double" else self.text_len
-        if n_text is None:
-            raise ValueError("pag_scope='image' on a single-stream layer needs text_len")
-        return slice(n_text, None), slice(0, n_text)  # these models put the text first
-
-    def __call__(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._accepts is not None:
-            kwargs = {name: value for name, value in kwargs.items() if name in self._accepts}
-        image, text = self._slices(args, kwargs)
-        token = _ACTIVE.set(_Mix(self.u, self.target, self.scope, image, text))
-        try:
-            return self.original(attn, *args, **kwargs)
-        finally:
-            _ACTIVE.reset(token)
+    valid = None if mix.target == "identity" or mask is None else _key_valid(mask, out.shape[0], k.shape[1])[first:]
+    out[first:] = soft_mix(out[first:], target_values(q, k, v, mix.target, valid), u)
+    return out

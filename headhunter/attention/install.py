@@ -25,7 +25,8 @@ import torch
 from ..heads import HeadLayout, unwrap_compiled
 from ..locking import holding_transformer
 from .plan import PerturbationPlan
-from .processors import SoftPAGFluxProcessor, SoftPAGJointProcessor
+from .dispatch import hook_dispatch
+from .processors import SoftPAGProcessor
 
 __all__ = ["PerturbationSession", "compile_mode", "perturbed_heads"]
 
@@ -73,8 +74,7 @@ class PerturbationSession:
 
     def __init__(self, layout: HeadLayout):
         self.layout = layout
-        cls = SoftPAGJointProcessor if layout.model_type == "sd3" else SoftPAGFluxProcessor
-        self.processors = [cls(self) for _ in range(layout.num_layers)]
+        self.processors = [SoftPAGProcessor(self, layout.block_kind(layer)) for layer in range(layout.num_layers)]
         # Made once: hooks must be the same objects in every call. torch.compile does not guard on a module's hooks
         # (torch._dynamo.config.skip_nnmodule_hook_guards), so every block carries one in every perturbed call and
         # the hook decides whether to fork from values the compiled graph does guard on.
@@ -173,8 +173,9 @@ def perturbed_heads(
             f"plan covers {tuple(plan.u.shape[1:])} layers × heads but the transformer has "
             f"{(layout.num_layers, layout.num_heads)}"
         )
-    if plan.scope == "image" and layout.model_type == "flux" and plan.text_len is None:
-        raise ValueError("pag_scope='image' on FLUX needs the plan's text_len")
+    if plan.scope == "image" and plan.text_len is None and any(layout.block_kind(layer) == "single"
+                                                               for layer in plan.layers):
+        raise ValueError(f"pag_scope='image' on the single-stream layers of {layout.model_type} needs the plan's text_len")
     module = unwrap_compiled(transformer)
     with holding_transformer(module):
         session = _session_for(module, layout)
@@ -189,6 +190,9 @@ def perturbed_heads(
         hooks = session.eager_block_hooks if mode == "blocks" else session.block_hooks
         originals = {layer: layout.attention(module, layer).processor for layer in layers}
         _check_parallel(originals, plan)
+        for layer, original in originals.items():
+            if layout.block_kind(layer) != "joint":  # SD3's stock processor does not dispatch; headhunter's does
+                hook_dispatch(type(original).__module__)
         handles = []
         try:
             session.load(plan)

@@ -4,41 +4,20 @@ guidance loops that run the perturbed pass on its own (diffusers' guiders, modul
 from __future__ import annotations
 
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any, Iterator
 
 import torch
 
 from ..heads import HeadLayout, HeadSet, HeadSetLike, unwrap_compiled
 from ..locking import holding_transformer
-from .dispatch import DispatchPerturbation, hook_dispatch, mirror_signature
-from .processors import SoftPAGJointProcessor
+from .dispatch import hook_dispatch
+from .processors import DispatchPerturbation, SoftPAGProcessor
 from .targets import check_target_scope
 
 __all__ = ["perturb"]
 
 
-class _JointAllRows:
-    """SD3's joint attention perturbed on every row (its stock processor calls SDPA directly, so headhunter's joint
-    processor computes it, through ``dispatch_attention_fn``)."""
-
-    def __init__(self, original: Any, u: torch.Tensor, target: str, scope: str):
-        self.session = SimpleNamespace(active=True, base_rows=0, perturbed_rows=0, target=target, scope=scope,
-                                       text_len=None)
-        self.inner = SoftPAGJointProcessor(self.session)  # type: ignore[arg-type]
-        self.inner.attach(original)
-        self.original = original
-        self.u = u
-        mirror_signature(self, original)
-
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        rows = hidden_states.shape[0]
-        self.session.perturbed_rows = rows
-        self.inner.u = self.u.to(hidden_states.device)[None].expand(rows, -1)
-        return self.inner(attn, hidden_states, *args, **kwargs)
-
-
-_STAND_INS = (_JointAllRows, DispatchPerturbation)
+_STAND_INS = (DispatchPerturbation, SoftPAGProcessor)
 
 
 @contextmanager
@@ -99,12 +78,10 @@ def perturb(
                 original = attention.processor
                 if isinstance(original, _STAND_INS):
                     raise RuntimeError("headhunter.perturb is already active on this transformer (it does not nest)")
-                u = u.to(device)
-                if layout.model_type == "sd3":
-                    stand_in = _JointAllRows(original, u, target, scope)
-                else:
+                kind = layout.block_kind(layer)
+                if kind != "joint":  # SD3's stock processor does not dispatch; headhunter's does
                     hook_dispatch(type(original).__module__)
-                    stand_in = DispatchPerturbation(original, u, target, scope, layout.block_kind(layer), text_len)
+                stand_in = DispatchPerturbation(original, u.to(device), target, scope, kind, text_len)
                 installed[layer] = original
                 attention.set_processor(stand_in)
             yield chosen

@@ -1,83 +1,55 @@
-"""SoftPAG attention processors for SD3 / SD3.5 joint attention and FLUX.1 double- and single-stream attention.
+"""The stand-in attention processors that put SoftPAG on a layer (the math is in :mod:`.dispatch` and
+:mod:`.targets`).
 
-A processor stands in for the stock one of its layer while a :class:`~headhunter.attention.install.PerturbationSession`
-is installed. When its layer has no perturbed rows (before the fork, on a step where the branch does not run) it calls
-the stock processor itself, so those steps are the stock computation; otherwise it computes the attention through
-diffusers' ``dispatch_attention_fn`` (the user's backend keeps serving every head) and mixes the target into the
-perturbed rows with the softness the session holds for this layer. Everything it reads per call is a tensor or a value
-that stays the same between calls of one shape, so a compiled transformer is not recompiled when the heads change.
+- :class:`SoftPAGProcessor` — a pipeline call's layer (:mod:`.install`): the perturbed rows the plan appends, each
+  with its own heads and u; steps and layers without perturbed rows are the stock processor's call.
+- :class:`DispatchPerturbation` — every row of a forward (:func:`headhunter.perturb`).
+- :class:`JointAttnDispatchProcessor` — SD3 / SD3.5 joint attention through ``dispatch_attention_fn``: diffusers'
+  ``JointAttnProcessor2_0`` calls SDPA itself, so on a perturbed SD3 layer this computes the attention instead.
+
+A stand-in calls the layer's processor (the stock one, or SD3's dispatching one) inside :func:`.dispatch.perturbing`;
+the attention that processor dispatches gets the target mixed in. Everything a stand-in reads per call is a tensor or
+a value that stays the same between calls of one shape, so a compiled transformer is not recompiled when the heads
+change.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn as _stock_dispatch
 
-from .targets import image_scope_identity_values, soft_mix, target_values
+from .dispatch import Mix, perturbing, perturbing_dispatch, token_slices
 
 if TYPE_CHECKING:
     from .install import PerturbationSession
 
-__all__ = ["SoftPAGFluxProcessor", "SoftPAGJointProcessor"]
+__all__ = ["DispatchPerturbation", "JointAttnDispatchProcessor", "SoftPAGProcessor", "mirror_signature"]
 
 
-class _SoftPAGProcessor:
-    """Shared part of the SD3 and FLUX processors: perturbation of the rows the session's plan adds."""
+# SD3's joint attention, through diffusers' dispatch with headhunter's mix (see .dispatch)
+_dispatch = perturbing_dispatch(_stock_dispatch)
 
-    def __init__(self, session: "PerturbationSession"):
-        self.session = session
-        self.u: torch.Tensor | None = None  # [perturbed rows, heads] of this layer, set per call by the session
-        self.original: Any = None
-        self._attention_backend = None
-        self._parallel_config = None
 
-    def attach(self, original: Any) -> None:
-        """Stand in for ``original`` (the stock processor): keep its backend and parallel config, and call it where
-        this layer perturbs nothing."""
-        self.original = original
-        # set_attention_backend writes the user's backend on the processors; keep serving it
-        self._attention_backend = getattr(original, "_attention_backend", None)
-        self._parallel_config = getattr(original, "_parallel_config", None)
+def mirror_signature(stand_in: Any, original: Any) -> None:
+    """Make ``stand_in.__call__`` read as ``original.__call__`` to :func:`inspect.signature`: diffusers' attention
+    modules choose the keyword arguments they pass a processor from that signature. (Calls still go to the
+    stand-in's class ``__call__``.)"""
 
-    def _perturbs(self, rows: int) -> bool:
-        session = self.session
-        if not session.active or rows <= session.base_rows:
-            # before the fork, or a call with fewer rows than the plan's (SD3's skip-layer guidance pass): stock
-            return False
-        if rows != session.base_rows + session.perturbed_rows:
-            raise RuntimeError(
-                f"the batch has {rows} rows but the perturbation plan has {session.base_rows} "
-                f"base rows and {session.perturbed_rows} perturbed ones; call the transformer with the batch the plan "
-                "was built for"
-            )
-        return True
+    def signature_only(*args: Any, **kwargs: Any) -> Any:
+        return type(stand_in).__call__(stand_in, *args, **kwargs)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
+    signature_only.__signature__ = inspect.signature(original.__call__)  # type: ignore[attr-defined]
+    stand_in.__dict__["__call__"] = signature_only
 
-        return dispatch_attention_fn(q, k, v, backend=self._attention_backend, parallel_config=self._parallel_config)
 
-    def _perturb(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, image: slice, text: slice
-    ) -> torch.Tensor:
-        """Mix the target into the perturbed rows (the last ones) of ``out`` ([B, N, H, D], the fresh attention
-        output). A row whose u is 0 for a head keeps that head's output bit for bit."""
-        session = self.session
-        base = session.base_rows
-        u = self.u
-        if out.requires_grad:  # attention backends may save their output for backward: do not write into it
-            out = out.clone()
-        if session.scope == "image":
-            target = image_scope_identity_values(q[base:], k[base:], v[base:], image, text)
-            out[base:, image] = soft_mix(out[base:, image], target, u)
-            return out
-        if session.target in ("identity", "uniform"):  # these targets need the values only
-            target = target_values(None, None, v[base:], session.target)
-        else:
-            target = target_values(q[base:], k[base:], v[base:], session.target)
-        out[base:] = soft_mix(out[base:], target, u)
-        return out
+def _states(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden_states, encoder_hidden_states) of a processor call, positional or by name."""
+    hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+    return hidden, context
 
 
 def _project(attn: Any, x: torch.Tensor, fused: str, names: tuple[str, str, str]) -> tuple[torch.Tensor, ...]:
@@ -87,9 +59,18 @@ def _project(attn: Any, x: torch.Tensor, fused: str, names: tuple[str, str, str]
     return tuple(getattr(attn, name)(x) for name in names)
 
 
-class SoftPAGJointProcessor(_SoftPAGProcessor):
-    """SoftPAG for SD3 / SD3.5 joint attention (``JointAttnProcessor2_0`` semantics: [image; text] tokens, optional
-    QK RMS-norm, fused QKV, ``context_pre_only`` in the last block)."""
+class JointAttnDispatchProcessor:
+    """SD3 / SD3.5 joint attention (``JointAttnProcessor2_0`` semantics: [image; text] tokens, optional QK RMS-norm,
+    fused QKV, ``context_pre_only`` in the last block) with the attention through ``dispatch_attention_fn``, on the
+    backend and parallel config of the stock processor it replaces."""
+
+    def __init__(self, original: Any = None):
+        self.attach(original)
+
+    def attach(self, original: Any) -> None:
+        # set_attention_backend writes the user's backend on the processors; keep serving it
+        self._attention_backend = getattr(original, "_attention_backend", None)
+        self._parallel_config = getattr(original, "_parallel_config", None)
 
     def __call__(
         self,
@@ -100,8 +81,6 @@ class SoftPAGJointProcessor(_SoftPAGProcessor):
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if not self._perturbs(hidden_states.shape[0]):
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         if attention_mask is not None:
             raise ValueError("attention masks are not supported on perturbed SD3 layers")
         batch, n_image = hidden_states.shape[0], hidden_states.shape[1]
@@ -127,9 +106,9 @@ class SoftPAGJointProcessor(_SoftPAGProcessor):
             key = torch.cat([key, c_key], dim=1)
             value = torch.cat([value, c_value], dim=1)
 
-        out = self._attend(query, key, value)
-        n_total = query.shape[1]
-        out = self._perturb(query, key, value, out, slice(0, n_image), slice(n_image, n_total))
+        out = _dispatch(
+            query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config
+        )
         hidden_states = out.flatten(2, 3).to(query.dtype)
 
         if encoder_hidden_states is not None:
@@ -143,59 +122,95 @@ class SoftPAGJointProcessor(_SoftPAGProcessor):
         return hidden_states
 
 
-class SoftPAGFluxProcessor(_SoftPAGProcessor):
-    """SoftPAG for FLUX.1 attention (``FluxAttnProcessor`` semantics): double-stream blocks ([text; image], separate
-    projections) and single-stream blocks (one concatenated sequence, no output projection); RoPE on q and k."""
+class SoftPAGProcessor:
+    """A pipeline call's stand-in on one layer, made once per transformer and reused by every call (torch.compile
+    guards on the processors' identity and types).
 
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: Any = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if not self._perturbs(hidden_states.shape[0]):
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        from diffusers.models.embeddings import apply_rotary_emb
+    The session's plan appends perturbed rows after its base rows; this layer mixes the target into those rows with
+    ``u`` ([perturbed rows, heads], set per call by the session). Called with only the base rows (before the fork, on a
+    step where the branch does not run, SD3's skip-layer guidance pass) it is the stock processor's call.
 
-        if attention_mask is not None:
-            raise ValueError("attention masks are not supported on perturbed FLUX layers")
-        query, key, value = _project(attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"))
-        query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (query, key, value))
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
+    Args:
+        session: the transformer's :class:`~headhunter.attention.install.PerturbationSession`.
+        kind: the layer's block kind (:meth:`~headhunter.heads.HeadLayout.block_kind`).
+    """
 
-        has_context = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
-        if has_context:
-            c_query, c_key, c_value = _project(
-                attn, encoder_hidden_states, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")
+    def __init__(self, session: "PerturbationSession", kind: str):
+        self.session = session
+        self.kind = kind
+        self.u: torch.Tensor | None = None
+        self.original: Any = None
+        self.compute: Any = None  # what computes the perturbed call: the stock processor, or SD3's dispatching one
+        self._joint = JointAttnDispatchProcessor() if kind == "joint" else None
+        self._attention_backend = self._parallel_config = None
+
+    def attach(self, original: Any) -> None:
+        """Stand in for ``original`` (the stock processor), or for nobody (None)."""
+        self.original = original
+        # set_attention_backend writes the user's backend on the processors; read as the stock processor's
+        self._attention_backend = getattr(original, "_attention_backend", None)
+        self._parallel_config = getattr(original, "_parallel_config", None)
+        if original is None:
+            self.compute = None
+            return
+        if self._joint is not None:
+            self._joint.attach(original)
+        self.compute = self._joint or original
+
+    def _perturbs(self, rows: int) -> bool:
+        session = self.session
+        if not session.active or rows <= session.base_rows:
+            return False
+        if rows != session.base_rows + session.perturbed_rows:
+            raise RuntimeError(
+                f"the batch has {rows} rows but the perturbation plan has {session.base_rows} "
+                f"base rows and {session.perturbed_rows} perturbed ones; call the transformer with the batch the plan "
+                "was built for"
             )
-            c_query, c_key, c_value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (c_query, c_key, c_value))
-            c_query = attn.norm_added_q(c_query)
-            c_key = attn.norm_added_k(c_key)
-            query = torch.cat([c_query, query], dim=1)
-            key = torch.cat([c_key, key], dim=1)
-            value = torch.cat([c_value, value], dim=1)
+        return True
 
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+    def __call__(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
+        hidden, context = _states(args, kwargs)
+        if not self._perturbs(hidden.shape[0]):
+            return self.original(attn, *args, **kwargs)
+        session = self.session
+        image, text = token_slices(self.kind, session.scope, session.text_len, hidden, context)
+        mix = Mix(self.u, session.base_rows, session.target, session.scope, image, text)
+        return perturbing(mix, self.compute, attn, *args, **kwargs)
 
-        out = self._attend(query, key, value)
-        n_text = encoder_hidden_states.shape[1] if has_context else self.session.text_len
-        if n_text is None and self.session.scope == "image":
-            raise ValueError("pag_scope='image' on a FLUX single-stream block needs the plan's text_len")
-        n_text = n_text or 0
-        out = self._perturb(query, key, value, out, slice(n_text, query.shape[1]), slice(0, n_text))
-        hidden_states = out.flatten(2, 3).to(query.dtype)
 
-        if has_context:
-            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-                [n_text, hidden_states.shape[1] - n_text], dim=1
-            )
-            hidden_states = attn.to_out[0](hidden_states.contiguous())
-            hidden_states = attn.to_out[1](hidden_states)
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
-            return hidden_states, encoder_hidden_states
-        return hidden_states
+class DispatchPerturbation:
+    """Stands in for a layer's stock processor and perturbs its heads on every row (:func:`headhunter.perturb`).
+
+    Args:
+        original: the stock processor.
+        u: [heads] softness per head (0 for heads left alone).
+        target, scope: see :mod:`headhunter.attention.targets`.
+        kind: the layer's block kind (:meth:`~headhunter.heads.HeadLayout.block_kind`): where the image tokens are.
+        text_len: text tokens at the start of a single-stream layer's sequence (its image scope needs them).
+    """
+
+    def __init__(self, original: Any, u: torch.Tensor, target: str, scope: str, kind: str, text_len: int | None = None):
+        self.original = original
+        self.compute = JointAttnDispatchProcessor(original) if kind == "joint" else original
+        self.u = u
+        self.target = target
+        self.scope = scope
+        self.kind = kind
+        self.text_len = text_len
+        parameters = inspect.signature(original.__call__).parameters.values()
+        # diffusers passes a processor only the keyword arguments its signature names; so do we
+        self._accepts = None if any(p.kind is p.VAR_KEYWORD for p in parameters) else {p.name for p in parameters}
+        mirror_signature(self, original)
+
+    def __getattr__(self, name: str) -> Any:  # _attention_backend, _parallel_config, ... of the stock processor
+        if name == "original":
+            raise AttributeError(name)
+        return getattr(self.original, name)
+
+    def __call__(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._accepts is not None:
+            kwargs = {name: value for name, value in kwargs.items() if name in self._accepts}
+        hidden, context = _states(args, kwargs)
+        image, text = token_slices(self.kind, self.scope, self.text_len, hidden, context)
+        return perturbing(Mix(self.u, 0, self.target, self.scope, image, text), self.compute, attn, *args, **kwargs)
