@@ -109,3 +109,41 @@ def test_unsupported_input_is_refused_clearly():
     with pytest.raises(ValueError, match="Linear is not supported.*FluxTransformer2DModel.*WanTransformer3DModel"):
         with headhunter.perturb(torch.nn.Linear(2, 2), "L0H0"):
             pass
+
+
+def test_a_perturbed_call_that_is_not_self_attention_is_refused():
+    """SoftPAG's targets are maps over a layer's own tokens; a call with other keys (an IP-Adapter's image tokens,
+    cross-attention) has none, so it is refused rather than mixed."""
+    from headhunter.attention.dispatch import Mix, mix_target
+
+    q, k = torch.randn(1, 4, 2, 8), torch.randn(1, 6, 2, 8)
+    out = torch.randn(1, 4, 2, 8)
+    with pytest.raises(ValueError, match="4 queries and 6 keys"):
+        mix_target(q, k, k, None, out, Mix(torch.ones(2), 0, "identity", "joint"))
+
+
+def test_only_the_first_attention_of_a_perturbed_layer_call_is_mixed(monkeypatch):
+    """A processor that attends twice in one call (FLUX's IP-Adapter processor: its own tokens, then the adapter's
+    image tokens) gets the target in its own attention only."""
+    import sys
+    import types
+
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    from headhunter.attention.dispatch import Mix, hook_dispatch, perturbing
+
+    module = types.ModuleType("headhunter_test_two_attentions")
+    module.dispatch_attention_fn = dispatch_attention_fn
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    hook_dispatch(module.__name__)
+    g = torch.Generator().manual_seed(0)
+    q, extra = torch.randn(1, 4, 2, 8, generator=g), torch.randn(1, 3, 2, 8, generator=g)
+
+    def layer():
+        return module.dispatch_attention_fn(q, q, q), module.dispatch_attention_fn(q, extra, extra)
+
+    own, adapter = perturbing(Mix(torch.tensor([1.0, 0.0]), 0, "identity", "joint"), layer)
+    plain = dispatch_attention_fn(q, q, q)
+    assert torch.allclose(own[:, :, 0], q[:, :, 0], atol=1e-6)  # u = 1, identity: each token's own value
+    assert torch.equal(own[:, :, 1], plain[:, :, 1])  # u = 0: untouched
+    assert torch.equal(adapter, dispatch_attention_fn(q, extra, extra))

@@ -25,8 +25,7 @@ import torch
 from ..heads import HeadLayout, unwrap_compiled
 from ..locking import holding_transformer
 from .plan import PerturbationPlan
-from .dispatch import hook_dispatch
-from .processors import SoftPAGProcessor
+from .processors import SoftPAGProcessor, make_perturbable
 
 __all__ = ["PerturbationSession", "compile_mode", "perturbed_heads"]
 
@@ -191,8 +190,7 @@ def perturbed_heads(
         originals = {layer: layout.attention(module, layer).processor for layer in layers}
         _check_parallel(originals, plan)
         for layer, original in originals.items():
-            if layout.block_kind(layer) != "joint":  # SD3's stock processor does not dispatch; headhunter's does
-                hook_dispatch(type(original).__module__)
+            make_perturbable(original, layout.block_kind(layer))
         handles = []
         try:
             session.load(plan)

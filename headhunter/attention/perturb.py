@@ -4,20 +4,34 @@ guidance loops that run the perturbed pass on its own (diffusers' guiders, modul
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
 from ..heads import HeadLayout, HeadSet, HeadSetLike, unwrap_compiled
 from ..locking import holding_transformer
-from .dispatch import hook_dispatch
-from .processors import DispatchPerturbation, SoftPAGProcessor
+from .processors import DispatchPerturbation, SoftPAGProcessor, make_perturbable
 from .targets import check_target_scope
 
-__all__ = ["perturb"]
+__all__ = ["check_scope_layers", "perturb"]
 
 
 _STAND_INS = (DispatchPerturbation, SoftPAGProcessor)
+
+
+def check_scope_layers(layout: HeadLayout, layers: Iterable[int], scope: str, text_len: int | None = None) -> None:
+    """ValueError unless ``scope`` is defined on every layer of ``layers``: the ``image`` scope on a single-stream
+    layer needs ``text_len`` (the text tokens before the image ones), and Z-Image's single stream has no such split."""
+    if scope != "image":
+        return
+    for layer in sorted(layers):
+        if layout.block_kind(layer) != "single":
+            continue
+        if layout.model_type == "zimage":
+            raise ValueError("pag_scope='image' is not supported on Z-Image's single-stream layers; use scope='joint'")
+        if text_len is None:
+            raise ValueError(f"pag_scope='image' on L{layer}, a single-stream layer of {layout.model_type}, needs "
+                             "text_len (the text tokens before the image ones)")
 
 
 @contextmanager
@@ -56,14 +70,7 @@ def perturb(
     layout = HeadLayout.from_transformer(transformer)
     chosen = HeadSet.coerce(heads).resolve(layout)
     table = chosen.softness_map(layout, softness)
-    if scope == "image":
-        for layer in sorted({layer for layer, _ in table}):
-            kind = layout.block_kind(layer)
-            if kind == "single" and (text_len is None or layout.model_type == "zimage"):
-                raise ValueError(
-                    f"pag_scope='image' on L{layer}, a single-stream layer of {layout.model_type}, needs text_len "
-                    "(the text tokens before the image ones)" if layout.model_type != "zimage" else
-                    "pag_scope='image' is not supported on Z-Image's single-stream layers; use scope='joint'")
+    check_scope_layers(layout, {layer for layer, _ in table}, scope, text_len)
     module = unwrap_compiled(transformer)
     parameter = next(module.parameters(), None)
     device = parameter.device if parameter is not None and parameter.device.type != "meta" else torch.device("cpu")
@@ -79,8 +86,7 @@ def perturb(
                 if isinstance(original, _STAND_INS):
                     raise RuntimeError("headhunter.perturb is already active on this transformer (it does not nest)")
                 kind = layout.block_kind(layer)
-                if kind != "joint":  # SD3's stock processor does not dispatch; headhunter's does
-                    hook_dispatch(type(original).__module__)
+                make_perturbable(original, kind)
                 stand_in = DispatchPerturbation(original, u.to(device), target, scope, kind, text_len)
                 installed[layer] = original
                 attention.set_processor(stand_in)

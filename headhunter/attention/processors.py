@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn as _stock_dispatch
 
-from .dispatch import Mix, perturbing, perturbing_dispatch, token_slices
+from .dispatch import Mix, hook_dispatch, perturbing, perturbing_dispatch, token_slices
 
 if TYPE_CHECKING:
     from .install import PerturbationSession
 
-__all__ = ["DispatchPerturbation", "JointAttnDispatchProcessor", "SoftPAGProcessor", "mirror_signature"]
+__all__ = ["DispatchPerturbation", "JointAttnDispatchProcessor", "SoftPAGProcessor", "make_perturbable",
+           "mirror_signature"]
 
 
 # SD3's joint attention, through diffusers' dispatch with headhunter's mix (see .dispatch)
@@ -43,6 +44,14 @@ def mirror_signature(stand_in: Any, original: Any) -> None:
 
     signature_only.__signature__ = inspect.signature(original.__call__)  # type: ignore[attr-defined]
     stand_in.__dict__["__call__"] = signature_only
+
+
+def make_perturbable(original: Any, kind: str) -> None:
+    """Get a layer whose stock processor is ``original`` ready for a stand-in: hook the ``dispatch_attention_fn`` of
+    the processor's module. (SD3's joint layers need nothing: their stand-ins compute the attention with
+    :class:`JointAttnDispatchProcessor`, whose dispatch is hooked already.)"""
+    if kind != "joint":
+        hook_dispatch(type(original).__module__)
 
 
 def _states(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
