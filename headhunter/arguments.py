@@ -145,8 +145,11 @@ def check_image_size(pipe: Any, height: int | None, width: int | None) -> None:
     transformer's position-embedding grid. ``None`` means the pipeline's default."""
     config = pipe.transformer.config
     family = HeadLayout.from_transformer(pipe.transformer).model_type
-    # FLUX.1's and FLUX.2's pipelines pack 2×2 latent patches themselves
-    patch = 2 if family in ("flux", "flux2") else int(config.patch_size)
+    # FLUX.1's and FLUX.2's pipelines pack 2×2 latent patches themselves; Z-Image lists its patch sizes
+    if family in ("flux", "flux2"):
+        patch = 2
+    else:
+        patch = int(config.all_patch_size[0] if family == "zimage" else config.patch_size)
     multiple = int(pipe.vae_scale_factor) * patch
     largest = MAX_IMAGE_SIDE
     if getattr(config, "pos_embed_max_size", None):

@@ -347,7 +347,7 @@ def _grid_ids(tokens: int, axes: int) -> torch.Tensor:
 
 
 #: Layout types of :func:`tiny_modular_pipeline` (full modular pipelines: text encoder, VAE, transformer, guider).
-TINY_MODULAR = ("flux2", "qwenimage")
+TINY_MODULAR = ("flux2", "qwenimage", "zimage")
 
 
 def tiny_qwen_tokenizer() -> Any:
@@ -368,7 +368,8 @@ def tiny_qwen_tokenizer() -> Any:
 
 def tiny_modular_pipeline(model_type: str = "qwenimage", seed: int = 0) -> Any:
     """A tiny random-weight diffusers modular pipeline of the real blocks — FLUX.2 Klein base (``"flux2"``, Qwen3 text
-    encoder) or Qwen-Image (``"qwenimage"``, Qwen2.5-VL text encoder) — with tiny text encoder, tokenizer, VAE and
+    encoder), Qwen-Image (``"qwenimage"``, Qwen2.5-VL text encoder) or Z-Image (``"zimage"``, Qwen3 text encoder) —
+    with tiny text encoder, tokenizer, VAE and
     transformer, wrapped as a :class:`~headhunter.pipelines.HeadHunterModularPipeline`. Images are 32 px; calls take
     :data:`TINY_MODULAR_CALL` (a short text length for speed)."""
     import diffusers
@@ -410,6 +411,20 @@ def tiny_modular_pipeline(model_type: str = "qwenimage", seed: int = 0) -> Any:
             patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
             joint_attention_dim=16, axes_dims_rope=(4, 6, 6))
         blocks = QwenImageAutoBlocks()
+    elif model_type == "zimage":
+        from diffusers.modular_pipelines.z_image.modular_blocks_z_image import ZImageAutoBlocks
+        from transformers import Qwen3Config, Qwen3Model
+
+        text_encoder = Qwen3Model(Qwen3Config(vocab_size=vocab, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                                              num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                              bos_token_id=None, eos_token_id=2))
+        vae = diffusers.AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                                      up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+                                      norm_num_groups=4, shift_factor=0.0, scaling_factor=1.0)
+        transformer = diffusers.ZImageTransformer2DModel(in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2,
+                                                         n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6],
+                                                         axes_lens=[256, 32, 32])
+        blocks = ZImageAutoBlocks()
     else:
         raise ValueError(f"unknown modular model type {model_type!r}; choose one of {', '.join(TINY_MODULAR)}")
     modular = blocks.init_pipeline()
@@ -419,5 +434,6 @@ def tiny_modular_pipeline(model_type: str = "qwenimage", seed: int = 0) -> Any:
     return HeadHunterModularPipeline(modular, name_or_path=f"tiny-{model_type}")
 
 
-#: Call arguments that keep the tiny modular pipelines fast (FLUX.2 pads every prompt to 512 tokens by default).
-TINY_MODULAR_CALL = {"flux2": {"max_sequence_length": 32}, "qwenimage": {}}
+#: Call arguments that keep the tiny modular pipelines fast (FLUX.2 and Z-Image pad every prompt to 512 tokens by
+#: default).
+TINY_MODULAR_CALL = {"flux2": {"max_sequence_length": 32}, "qwenimage": {}, "zimage": {"max_sequence_length": 32}}

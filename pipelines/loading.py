@@ -12,11 +12,12 @@ __all__ = ["MODULAR_FAMILIES", "BuiltinDefaults", "builtin_defaults", "check_dev
            "load_pipeline", "model_family", "resolve_dtype"]
 
 #: Families the command line runs through diffusers' modular pipelines and HeadHunterGuidance.
-MODULAR_FAMILIES = ("flux2", "qwenimage")
+MODULAR_FAMILIES = ("flux2", "qwenimage", "zimage")
 _TINY_MODULAR = {f"tiny-{family}": family for family in MODULAR_FAMILIES}
 # model_index.json class names (checked in this order: "Flux2..." before "Flux...") and their families
-_CLASS_FAMILIES = (("Flux2", "flux2"), ("Flux", "flux"), ("StableDiffusion3", "sd3"), ("QwenImage", "qwenimage"))
-_PYTHON_ONLY = (("Chroma", "Chroma"), ("ZImage", "Z-Image"), ("Wan", "Wan"))
+_CLASS_FAMILIES = (("Flux2", "flux2"), ("Flux", "flux"), ("StableDiffusion3", "sd3"), ("QwenImage", "qwenimage"),
+                   ("ZImage", "zimage"))
+_PYTHON_ONLY = (("Chroma", "Chroma"), ("Wan", "Wan"))
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
           "bf16": "bfloat16"}
@@ -101,7 +102,7 @@ def builtin_defaults(model: str) -> BuiltinDefaults | None:
 
 
 def model_family(model: str) -> str:
-    """``"sd3"``, ``"flux"``, ``"flux2"`` or ``"qwenimage"`` for a tiny or toy model name, a local pipeline folder or
+    """``"sd3"``, ``"flux"``, ``"flux2"``, ``"qwenimage"`` or ``"zimage"`` for a tiny or toy model name, a local pipeline folder or
     a hub id (read from its model_index.json; needs the hub or the local cache)."""
     from headhunter.testing import TINY_MODELS, TOY_MODELS
 
@@ -136,7 +137,7 @@ def model_family(model: str) -> str:
             raise ValueError(f"model {model!r} is a {class_name}: the command line runs SD3, SD3.5, FLUX.1, FLUX.2 Klein "
                              f"base and Qwen-Image; for {name} use headhunter.perturb or HeadHunterGuidance from Python")
     raise ValueError(f"model {model!r} is a {class_name or 'unknown pipeline'}; the command line runs SD3, SD3.5, "
-                     "FLUX.1, FLUX.2 Klein base and Qwen-Image")
+                     "FLUX.1, FLUX.2 Klein base, Qwen-Image and Z-Image")
 
 
 def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", offload: bool = False) -> Any:
@@ -154,7 +155,7 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", of
         raise ValueError("--offload needs an accelerator device (e.g. --device cuda)")
     if family in MODULAR_FAMILIES:
         if offload:
-            raise ValueError("--offload is not supported for FLUX.2 and Qwen-Image (modular pipelines) yet")
+            raise ValueError("--offload is not supported for FLUX.2, Qwen-Image and Z-Image (modular pipelines) yet")
         return _load_modular(model, family, torch_dtype).to(device)
     if model.lower() in TINY_MODELS or model.lower() in TOY_MODELS:
         if model.lower() in TOY_MODELS:

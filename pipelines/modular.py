@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from headhunter.attention.perturb import check_scope_layers
 from headhunter.guiders import HeadHunterGuidance
 from headhunter.heads import HeadLayout, HeadSet
 from headhunter.locking import holding_transformer
@@ -99,6 +100,8 @@ class HeadHunterModularPipeline:
         start, stop = (float(x) for x in pag_interval)
         images = []
         heads_per_image = [HeadSet.coerce(heads).validate(self.head_layout) for heads in plans]
+        for heads in heads_per_image:  # before any image is made (the guider perturbs without text_len)
+            check_scope_layers(self.head_layout, {head.layer for head in heads}, pag_scope)
         settings = dict(pag_scale=pag_scale, guidance_scale=cfg, pag_softness=pag_softness, pag_target=pag_target,
                         pag_scope=pag_scope, pag_adaptive_scale=pag_adaptive_scale, start=start, stop=stop)
         with holding_transformer(self.transformer):

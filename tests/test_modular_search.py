@@ -1,5 +1,5 @@
-"""HeadHunter on diffusers' modular pipelines: tiny FLUX.2 Klein base and Qwen-Image pipelines built offline (text
-encoders, tokenizers, VAEs and transformers of the real classes), driven through ``HeadHunterModularPipeline``."""
+"""HeadHunter on diffusers' modular pipelines: tiny FLUX.2 Klein base, Qwen-Image and Z-Image pipelines built offline
+(text encoders, tokenizers, VAEs and transformers of the real classes), driven through ``HeadHunterModularPipeline``."""
 
 import json
 import logging
@@ -76,7 +76,8 @@ def _standard_folder(model_type, tmp_path, distilled=False):
     import diffusers
 
     modular = tiny_modular_pipeline(model_type).modular
-    cls = diffusers.QwenImagePipeline if model_type == "qwenimage" else diffusers.Flux2KleinPipeline
+    cls = {"qwenimage": diffusers.QwenImagePipeline, "flux2": diffusers.Flux2KleinPipeline,
+           "zimage": diffusers.ZImagePipeline}[model_type]
     names = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
     components = {name: getattr(modular, name) for name in names if name != "is_distilled"}
     if "is_distilled" in names:
@@ -122,6 +123,15 @@ def test_arguments_the_model_does_not_take_are_refused():
     pipe = tiny_modular_pipeline("flux2")
     with pytest.raises(ValueError, match="does not take negative_prompt"):
         pipe("a fox", negative_prompt="blurry", num_inference_steps=1, height=32, width=32)
+
+
+def test_a_scope_the_model_does_not_define_is_refused_before_any_image():
+    pipe = tiny_modular_pipeline("zimage")
+    calls = []
+    pipe.modular = type("Spy", (), {"blocks": pipe.modular.blocks, "__call__": lambda self, **kw: calls.append(kw)})()
+    with pytest.raises(ValueError, match="not supported on Z-Image's single-stream layers"):
+        pipe("a fox", pag_heads="L0H1", pag_scope="image", num_inference_steps=1, height=32, width=32)
+    assert calls == []
 
 
 def test_the_studio_says_which_models_it_runs(capsys):
