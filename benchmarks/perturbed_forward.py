@@ -42,7 +42,8 @@ def inputs(args: argparse.Namespace) -> dict:
     g = torch.Generator().manual_seed(1)
     side = args.size // 16  # VAE 8, 2×2 packing
     dtype = getattr(torch, args.dtype)
-    image_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(side).float(), torch.arange(side).float(), indexing="ij"), -1)
+    axis = torch.arange(side).float()
+    image_ids = torch.stack(torch.meshgrid(torch.zeros(1), axis, axis, indexing="ij"), -1)
     x = torch.randn(1, side * side, 64, generator=g).repeat(2, 1, 1)
     context = torch.randn(1, args.text_tokens, 4096, generator=g).repeat(2, 1, 1)
     return {name: value.to(args.device) if isinstance(value, torch.Tensor) else value for name, value in dict(
@@ -113,11 +114,13 @@ def main() -> None:
     ratio = medians["perturbed_every_head"] / medians["stock_two_rows"]
     import diffusers
 
-    machine = f"{platform.machine()} {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else
+    on_gpu = args.device.startswith("cuda")
+    machine = f"{platform.machine()} {args.device}" + (f" ({torch.cuda.get_device_name()})" if on_gpu else
                                                        f", {torch.get_num_threads()} threads")
     record = dict(date=str(date.today()), machine=machine, torch=torch.__version__, diffusers=diffusers.__version__,
                   settings=vars(args), medians_s=medians, ratio=ratio)
-    name = f"perturbed-forward-{args.device.split(':')[0]}-{args.double}d{args.single}s-{args.size}px-{args.dtype}{args.tag}"
+    device = args.device.split(":")[0]
+    name = f"perturbed-forward-{device}-{args.double}d{args.single}s-{args.size}px-{args.dtype}{args.tag}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -415,14 +415,14 @@ def tiny_modular_pipeline(model_type: str = "qwenimage", seed: int = 0) -> Any:
         from diffusers.modular_pipelines.z_image.modular_blocks_z_image import ZImageAutoBlocks
         from transformers import Qwen3Config, Qwen3Model
 
-        text_encoder = Qwen3Model(Qwen3Config(vocab_size=vocab, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
-                                              num_attention_heads=2, num_key_value_heads=2, head_dim=8,
-                                              bos_token_id=None, eos_token_id=2))
+        text_encoder = Qwen3Model(Qwen3Config(vocab_size=vocab, hidden_size=16, intermediate_size=16,
+                                              num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                              head_dim=8, bos_token_id=None, eos_token_id=2))
         vae = diffusers.AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
                                       up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
                                       norm_num_groups=4, shift_factor=0.0, scaling_factor=1.0)
-        transformer = diffusers.ZImageTransformer2DModel(in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2,
-                                                         n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6],
+        transformer = diffusers.ZImageTransformer2DModel(in_channels=4, dim=32, n_layers=2, n_refiner_layers=1,
+                                                         n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6],
                                                          axes_lens=[256, 32, 32])
         blocks = ZImageAutoBlocks()
     else:

@@ -102,8 +102,8 @@ def builtin_defaults(model: str) -> BuiltinDefaults | None:
 
 
 def model_family(model: str) -> str:
-    """``"sd3"``, ``"flux"``, ``"flux2"``, ``"qwenimage"`` or ``"zimage"`` for a tiny or toy model name, a local pipeline folder or
-    a hub id (read from its model_index.json; needs the hub or the local cache)."""
+    """``"sd3"``, ``"flux"``, ``"flux2"``, ``"qwenimage"`` or ``"zimage"`` for a tiny or toy model name, a local
+    pipeline folder or a hub id (read from its model_index.json; needs the hub or the local cache)."""
     from headhunter.testing import TINY_MODELS, TOY_MODELS
 
     if model.lower() in TOY_MODELS:

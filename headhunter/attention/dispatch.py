@@ -7,8 +7,9 @@ wrapper calls diffusers' function with the same arguments (so the user's backend
 serves every head) and, only while one of headhunter's stand-in processors of this thread is inside its call
 (:func:`perturbing`), mixes the SoftPAG target into the rows and heads that call perturbs. Outside such a call the
 wrapper is diffusers' function plus one attribute read; a new model needs its layout in
-:data:`headhunter.heads.MODELS`, not new attention code. (SD3's stock processor calls SDPA itself; headhunter's
-:class:`~headhunter.attention.processors.JointAttnDispatchProcessor` is it, through ``dispatch_attention_fn``.)
+:data:`headhunter.heads.MODELS`, not new attention code. (SD3's stock processor calls SDPA itself; on a perturbed
+SD3 layer :class:`~headhunter.attention.processors.JointAttnDispatchProcessor` computes the same attention through
+``dispatch_attention_fn``.)
 
 The mix of the call in progress lives in a ``threading.local``: per thread like a context variable, and, unlike one,
 traceable by torch.compile, so a compiled transformer keeps one graph (fullgraph) with the wrapper inside it.
@@ -41,7 +42,8 @@ class Mix:
 
     def __init__(self, u: torch.Tensor, first_row: int, target: str, scope: str, image: slice | None = None,
                  text: slice | None = None):
-        self.u, self.first_row, self.target, self.scope, self.image, self.text = u, first_row, target, scope, image, text
+        self.u, self.first_row, self.target, self.scope = u, first_row, target, scope
+        self.image, self.text = image, text
 
 
 _LOCAL = threading.local()  # .mix: the Mix of the stand-in processor call in progress on this thread, if any
@@ -54,7 +56,8 @@ def hook_dispatch(module_name: str) -> None:
     with _HOOK_LOCK:
         current = getattr(module, "dispatch_attention_fn", None)
         if current is None:
-            raise ValueError(f"{module_name} does not call diffusers' dispatch_attention_fn; its heads cannot be perturbed")
+            raise ValueError(f"{module_name} does not call diffusers' dispatch_attention_fn; its heads cannot be "
+                             "perturbed")
         if not hasattr(current, "headhunter_original"):
             module.dispatch_attention_fn = perturbing_dispatch(current)
 

@@ -174,7 +174,8 @@ def perturbed_heads(
         )
     if plan.scope == "image" and plan.text_len is None and any(layout.block_kind(layer) == "single"
                                                                for layer in plan.layers):
-        raise ValueError(f"pag_scope='image' on the single-stream layers of {layout.model_type} needs the plan's text_len")
+        raise ValueError(f"pag_scope='image' on the single-stream layers of {layout.model_type} needs the plan's "
+                         "text_len")
     module = unwrap_compiled(transformer)
     with holding_transformer(module):
         session = _session_for(module, layout)
