@@ -49,7 +49,7 @@ def layers_from_applied(applied: Sequence[int | str] | int | str | None, layout:
                 raise ValueError(f"pag_applied_layers entry {item!r} must be an int, 'blocks.N' or 'single_blocks.N'")
             layer = int(match.group(2))
             if match.group(1):
-                if layout.model_type != "flux":
+                if not layout.num_double_layers:
                     raise ValueError(f"pag_applied_layers entry {item!r}: this model has no single-stream blocks")
                 layer += layout.num_double_layers
         heads.append(Head(layer, None))
@@ -145,8 +145,8 @@ def check_image_size(pipe: Any, height: int | None, width: int | None) -> None:
     transformer's position-embedding grid. ``None`` means the pipeline's default."""
     config = pipe.transformer.config
     family = HeadLayout.from_transformer(pipe.transformer).model_type
-    # FLUX.1's and FLUX.2's pipelines pack 2×2 latent patches themselves; Z-Image lists its patch sizes
-    if family in ("flux", "flux2"):
+    # FLUX.1's, Chroma's and FLUX.2's pipelines pack 2×2 latent patches themselves; Z-Image lists its patch sizes
+    if family in ("flux", "chroma", "flux2"):
         patch = 2
     else:
         patch = int(config.all_patch_size[0] if family == "zimage" else config.patch_size)

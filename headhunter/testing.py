@@ -26,7 +26,7 @@ __all__ = ["TINY_MODELS", "TINY_MODULAR", "TINY_MODULAR_CALL", "TINY_TRANSFORMER
            "tiny_qwen_tokenizer", "tiny_t5_tokenizer", "tiny_transformer", "toy_pipeline", "toy_pipeline_path"]
 
 #: Names accepted by :func:`tiny_pipeline` (and by the CLI's ``--model``).
-TINY_MODELS = ("tiny-sd3", "tiny-sd3.5", "tiny-sd3.5-dual", "tiny-flux")
+TINY_MODELS = ("tiny-sd3", "tiny-sd3.5", "tiny-sd3.5-dual", "tiny-flux", "tiny-chroma")
 #: Trained offline models shipped in the package (:mod:`headhunter.testbed`), accepted by :func:`toy_pipeline` and
 #: by the CLI's and the studio's ``--model``.
 TOY_MODELS = ("toy-shapes",)
@@ -133,15 +133,17 @@ def tiny_components(
 
     Args:
         model: ``tiny-sd3`` (SD3), ``tiny-sd3.5`` (QK RMS-norm), ``tiny-sd3.5-dual`` (QK-norm and SD3.5's image-only
-            ``attn2`` in the first block), ``tiny-flux`` (FLUX.1-dev style, guidance embedding on).
-        num_layers: joint blocks (SD3) or double-stream blocks (FLUX).
-        num_single_layers: FLUX single-stream blocks.
+            ``attn2`` in the first block), ``tiny-flux`` (FLUX.1-dev style, guidance embedding on), ``tiny-chroma``
+            (Chroma: FLUX.1's blocks, T5 only, text-padding attention mask).
+        num_layers: joint blocks (SD3) or double-stream blocks (FLUX, Chroma).
+        num_single_layers: FLUX and Chroma single-stream blocks.
         num_heads: attention heads per layer (default 4 for SD3, 2 for FLUX). With ``num_layers=24, num_heads=24``
             (SD3) or ``num_layers=19, num_single_layers=38, num_heads=24`` (FLUX) the head layout is the real models',
             so real head specs such as ``L13H17`` or ``L38H18`` validate.
         seed: fixes every random weight.
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
+    from diffusers import (ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel,
+                           SD3Transformer2DModel)
 
     model = model.lower()
     if model not in TINY_MODELS:
@@ -167,6 +169,28 @@ def tiny_components(
             "tokenizer": clip,
             "text_encoder_2": _t5_encoder(_JOINT_DIM, t5),
             "tokenizer_2": t5,
+            "vae": _vae(4, 0.0609),
+            "scheduler": FlowMatchEulerDiscreteScheduler(),
+            "image_encoder": None,
+            "feature_extractor": None,
+        }
+    elif model == "tiny-chroma":
+        components = {
+            "transformer": ChromaTransformer2DModel(
+                patch_size=1,
+                in_channels=16,
+                num_layers=num_layers,
+                num_single_layers=num_single_layers,
+                attention_head_dim=16,
+                num_attention_heads=num_heads or 2,
+                joint_attention_dim=_JOINT_DIM,
+                axes_dims_rope=(4, 4, 8),
+                approximator_num_channels=8,
+                approximator_hidden_dim=32,
+                approximator_layers=1,
+            ),
+            "text_encoder": _t5_encoder(_JOINT_DIM, t5),
+            "tokenizer": t5,
             "vae": _vae(4, 0.0609),
             "scheduler": FlowMatchEulerDiscreteScheduler(),
             "image_encoder": None,
@@ -213,9 +237,10 @@ def tiny_pipeline(model: str = "tiny-sd3", pipeline_class: Any = None, **options
     ``StableDiffusion3Pipeline``) built on the same components. ``options`` go to :func:`tiny_components`."""
     components = tiny_components(model, **options)
     if pipeline_class is None:
-        from headhunter.pipelines import HeadHunterFluxPipeline, HeadHunterSD3Pipeline
+        from headhunter.pipelines import HeadHunterChromaPipeline, HeadHunterFluxPipeline, HeadHunterSD3Pipeline
 
-        pipeline_class = HeadHunterFluxPipeline if model.lower() == "tiny-flux" else HeadHunterSD3Pipeline
+        pipeline_class = {"tiny-flux": HeadHunterFluxPipeline,
+                          "tiny-chroma": HeadHunterChromaPipeline}.get(model.lower(), HeadHunterSD3Pipeline)
     return build_pipeline(pipeline_class, components)
 
 

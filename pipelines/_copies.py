@@ -1,10 +1,10 @@
 """Do the pipelines still follow their diffusers parents? (In the spirit of diffusers' ``make fix-copies``.)
 
-``HeadHunterSD3Pipeline.__call__`` and ``HeadHunterFluxPipeline.__call__`` are the parents' ``__call__`` with
-HeadHunter's additions between ``# HeadHunter >>>`` and ``# HeadHunter <<<``; a parent line an addition replaces is
-kept inside it as a ``#| `` comment. Removing the additions and restoring the ``#|`` lines must give back the parent's
-source line for line (docstrings, decorators, blank lines and indentation aside: the FLUX stock step sits one level
-deeper under an ``else:``). ``python -m headhunter.pipelines._copies`` prints the differences; the test suite fails
+``HeadHunterSD3Pipeline.__call__``, ``HeadHunterFluxPipeline.__call__`` and ``HeadHunterChromaPipeline.__call__`` are
+the parents' ``__call__`` with HeadHunter's additions between ``# HeadHunter >>>`` and ``# HeadHunter <<<``; a parent
+line an addition replaces is kept inside it as a ``#| `` comment. Removing the additions and restoring the ``#|``
+lines must give back the parent's source line for line (docstrings, decorators, blank lines and indentation aside: the
+FLUX and Chroma stock steps sit one level deeper under an ``else:``). ``python -m headhunter.pipelines._copies`` prints the differences; the test suite fails
 on any.
 """
 
@@ -73,14 +73,16 @@ def check_copy(ours: str, parent: str, name: str = "__call__") -> str:
 
 def copies() -> dict[str, tuple[Callable, Callable]]:
     """``{name: (our function, the diffusers function it follows)}``."""
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+    from diffusers import ChromaPipeline, FluxPipeline, StableDiffusion3Pipeline
 
+    from .chroma import HeadHunterChromaPipeline
     from .flux import HeadHunterFluxPipeline
     from .sd3 import HeadHunterSD3Pipeline
 
     return {
         "HeadHunterSD3Pipeline.__call__": (HeadHunterSD3Pipeline.__call__, StableDiffusion3Pipeline.__call__),
         "HeadHunterFluxPipeline.__call__": (HeadHunterFluxPipeline.__call__, FluxPipeline.__call__),
+        "HeadHunterChromaPipeline.__call__": (HeadHunterChromaPipeline.__call__, ChromaPipeline.__call__),
     }
 
 

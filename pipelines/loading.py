@@ -15,9 +15,10 @@ __all__ = ["MODULAR_FAMILIES", "BuiltinDefaults", "builtin_defaults", "check_dev
 MODULAR_FAMILIES = ("flux2", "qwenimage", "zimage")
 _TINY_MODULAR = {f"tiny-{family}": family for family in MODULAR_FAMILIES}
 # model_index.json class names (checked in this order: "Flux2..." before "Flux...") and their families
-_CLASS_FAMILIES = (("Flux2", "flux2"), ("Flux", "flux"), ("StableDiffusion3", "sd3"), ("QwenImage", "qwenimage"),
-                   ("ZImage", "zimage"))
-_PYTHON_ONLY = (("Chroma", "Chroma"), ("Wan", "Wan"))
+_CLASS_FAMILIES = (("Flux2", "flux2"), ("Flux", "flux"), ("Chroma", "chroma"), ("StableDiffusion3", "sd3"),
+                   ("QwenImage", "qwenimage"), ("ZImage", "zimage"))
+_PYTHON_ONLY = (("Wan", "Wan"),)
+_COMMAND_LINE_MODELS = "SD3, SD3.5, FLUX.1, Chroma, FLUX.2 Klein base, Qwen-Image and Z-Image"
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
           "bf16": "bfloat16"}
@@ -56,7 +57,7 @@ def check_device(device: str | None) -> str:
 
 
 def resolve_dtype(name: str, device: str, family: str) -> Any:
-    """``auto`` is fp32 on CPU, fp16 for SD3 and bf16 for FLUX on an accelerator."""
+    """``auto`` is fp32 on CPU, fp16 for SD3 and bf16 for the others (FLUX, Chroma, ...) on an accelerator."""
     import torch
 
     if name == "auto":
@@ -97,19 +98,19 @@ def builtin_defaults(model: str) -> BuiltinDefaults | None:
     if not is_tiny(name):
         return None
     family = model_family(name)
-    call = {"max_sequence_length": 48} if family == "flux" else dict(TINY_MODULAR_CALL.get(family, {}))
+    call = {"max_sequence_length": 48} if family in ("flux", "chroma") else dict(TINY_MODULAR_CALL.get(family, {}))
     return BuiltinDefaults(size=32, steps=2, prompt="a red fox in the snow", call=call)
 
 
 def model_family(model: str) -> str:
-    """``"sd3"``, ``"flux"``, ``"flux2"``, ``"qwenimage"`` or ``"zimage"`` for a tiny or toy model name, a local
-    pipeline folder or a hub id (read from its model_index.json; needs the hub or the local cache)."""
+    """``"sd3"``, ``"flux"``, ``"chroma"``, ``"flux2"``, ``"qwenimage"`` or ``"zimage"`` for a tiny or toy model name,
+    a local pipeline folder or a hub id (read from its model_index.json; needs the hub or the local cache)."""
     from headhunter.testing import TINY_MODELS, TOY_MODELS
 
     if model.lower() in TOY_MODELS:
         return "sd3"
     if model.lower() in TINY_MODELS:
-        return "flux" if "flux" in model.lower() else "sd3"
+        return "flux" if "flux" in model.lower() else "chroma" if "chroma" in model.lower() else "sd3"
     if model.lower() in _TINY_MODULAR:
         return _TINY_MODULAR[model.lower()]
     index = Path(model) / "model_index.json"
@@ -134,10 +135,10 @@ def model_family(model: str) -> str:
             return family
     for prefix, name in _PYTHON_ONLY:
         if prefix in class_name:
-            raise ValueError(f"model {model!r} is a {class_name}: the command line runs SD3, SD3.5, FLUX.1, FLUX.2 Klein "
-                             f"base and Qwen-Image; for {name} use headhunter.perturb or HeadHunterGuidance from Python")
-    raise ValueError(f"model {model!r} is a {class_name or 'unknown pipeline'}; the command line runs SD3, SD3.5, "
-                     "FLUX.1, FLUX.2 Klein base, Qwen-Image and Z-Image")
+            raise ValueError(f"model {model!r} is a {class_name}: the command line runs {_COMMAND_LINE_MODELS}; for "
+                             f"{name} use headhunter.perturb or HeadHunterGuidance from Python")
+    raise ValueError(f"model {model!r} is a {class_name or 'unknown pipeline'}; the command line runs "
+                     f"{_COMMAND_LINE_MODELS}")
 
 
 def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", offload: bool = False) -> Any:
@@ -145,6 +146,7 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", of
     id."""
     from headhunter.testing import TINY_MODELS, TOY_MODELS, tiny_pipeline, toy_pipeline
 
+    from .chroma import HeadHunterChromaPipeline
     from .flux import HeadHunterFluxPipeline
     from .sd3 import HeadHunterSD3Pipeline
 
@@ -165,7 +167,7 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", of
         if torch_dtype != pipe.transformer.dtype:
             pipe.to(dtype=torch_dtype)
     else:
-        cls = HeadHunterFluxPipeline if family == "flux" else HeadHunterSD3Pipeline
+        cls = {"flux": HeadHunterFluxPipeline, "chroma": HeadHunterChromaPipeline}.get(family, HeadHunterSD3Pipeline)
         try:
             pipe = cls.from_pretrained(model, dtype=torch_dtype)
         except (OSError, ValueError) as err:

@@ -47,18 +47,28 @@ class ExplicitKernel:
         self.image_first, self.n_text = image_first, n_text
         self.layer = None
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q, k, v: [1, H, N, D] → [1, H, N, D]."""
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """q, k, v: [1, H, N, D] → [1, H, N, D]; ``mask``: the model's attention mask, added to A's logits (a float
+        mask, as Chroma's) or masking them (bool). The targets T are the model's own, without the mask."""
         assert q.shape[0] == 1, "the reference runs one image at a time"
         n = q.shape[2]
         image = slice(0, n - self.n_text) if self.image_first else slice(self.n_text, n)
         outs = []
         for h in range(q.shape[1]):
             qh, kh, vh = q[0, h].double(), k[0, h].double(), v[0, h].double()
-            a = (qh @ kh.T / qh.shape[-1] ** 0.5).softmax(-1)
+            logits = qh @ kh.T / qh.shape[-1] ** 0.5
+            if mask is not None:
+                m = mask.reshape(-1, n, n)[0] if mask.numel() >= n * n else mask.reshape(1, n).expand(n, n)
+                logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.double()
+            a = logits.softmax(-1)
             u = self.softness.get((self.layer, h), 0.0)
             if u > 0:
-                a = (1 - u) * a + u * explicit_target(qh, kh, self.target, self.scope, image).double()
+                t = explicit_target(qh, kh, self.target, self.scope, image).double()
+                if self.scope == "image":  # text queries keep their attention (T = A there), mask and all
+                    text_rows = torch.ones(n, dtype=torch.bool)
+                    text_rows[image] = False
+                    t[text_rows] = a[text_rows]
+                a = (1 - u) * a + u * t
             outs.append((a @ vh).to(v.dtype))
         return torch.stack(outs)[None]
 
@@ -70,8 +80,8 @@ def explicit_attention(transformer, kernel: ExplicitKernel, layer_of: dict):
     def sdpa(query, key, value, *args, **kwargs):  # SD3 stock processors: [B, H, N, D]
         return kernel(query, key, value)
 
-    def dispatch(query, key, value, *args, **kwargs):  # FLUX stock processors: [B, N, H, D]
-        return kernel(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)).transpose(1, 2)
+    def dispatch(query, key, value, attn_mask=None, *args, **kwargs):  # FLUX, Chroma stock processors: [B, N, H, D]
+        return kernel(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask).transpose(1, 2)
 
     fake_f = types.SimpleNamespace(**{name: getattr(F, name) for name in dir(F) if not name.startswith("__")})
     fake_f.scaled_dot_product_attention = sdpa
@@ -156,3 +166,32 @@ def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="id
 
     uncond = (npe, nppe) if cfg else None
     return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, true_cfg_scale, kernel, softness, pag_scale)
+
+
+def reference_chroma(pipe, prompt, seed, softness, *, steps, pag_scale, target="identity", scope="joint",
+                     negative_prompt=None, guidance_scale=1.0, size=32, max_sequence_length=48):
+    """Final (packed) latents of one Chroma image, every branch run separately, with the model's text-padding mask."""
+    cfg = guidance_scale > 1
+    pe, text_ids, mask, npe, _, nmask = pipe.encode_prompt(
+        prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg, device="cpu",
+        max_sequence_length=max_sequence_length)
+    latents, image_ids = pipe.prepare_latents(1, pipe.transformer.config.in_channels // 4, size, size, pe.dtype, "cpu",
+                                              torch.Generator().manual_seed(seed), None)
+    sigmas = np.linspace(1.0, 1 / steps, steps)
+    mu = calculate_shift(latents.shape[1], pipe.scheduler.config.get("base_image_seq_len", 256),
+                         pipe.scheduler.config.get("max_image_seq_len", 4096),
+                         pipe.scheduler.config.get("base_shift", 0.5), pipe.scheduler.config.get("max_shift", 1.15))
+    timesteps, _ = flux_timesteps(pipe.scheduler, steps, "cpu", sigmas=sigmas, mu=mu)
+    pipe.scheduler.set_begin_index(0)
+    kernel = ExplicitKernel(softness, target, scope, image_first=False, n_text=pe.shape[1])
+
+    def with_image(text_mask):  # the text-padding mask extended over the image tokens, as the pipeline does
+        return torch.cat([text_mask, torch.ones(1, latents.shape[1], dtype=torch.bool)], dim=1)
+
+    def run(x, embeds, text_mask, t):
+        return pipe.transformer(hidden_states=x, timestep=t.expand(1) / 1000, encoder_hidden_states=embeds,
+                                txt_ids=text_ids, img_ids=image_ids, attention_mask=with_image(text_mask),
+                                return_dict=False)[0]
+
+    uncond = (npe, nmask) if cfg else None
+    return _denoise(pipe, latents, timesteps, run, (pe, mask), uncond, guidance_scale, kernel, softness, pag_scale)

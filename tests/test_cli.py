@@ -39,6 +39,32 @@ def test_generate_flux_tiny(tmp_path):
     assert read_settings(next(tmp_path.glob("*.png")))["true_cfg_scale"] == 1.0
 
 
+def test_chroma_generates_searches_and_evaluates_from_the_command_line(tmp_path, capsys):
+    from diffusers import ChromaPipeline
+
+    from headhunter.testing import build_pipeline, tiny_components
+
+    folder = tmp_path / "chroma"  # a diffusers folder as a hub download looks (model_index.json: ChromaPipeline)
+    build_pipeline(ChromaPipeline, tiny_components("tiny-chroma")).save_pretrained(folder)
+    for model in ("tiny-chroma", str(folder)):
+        out = tmp_path / f"images-{Path(model).name}"
+        assert main(["generate", "--model", model, "--prompt", "a red fox", "--negative-prompt", "blurry",
+                     "--cfg", "2", "--heads", "L3H1", "--seed", "0,1", "--out", str(out), "--steps", "2",
+                     "--size", "32"]) == 0
+        pngs = sorted(out.glob("*.png"))
+        assert len(pngs) == 2 and read_settings(pngs[0])["guidance_scale"] == 2.0
+    assert type(load_pipeline(str(folder), "cpu")).__name__ == "HeadHunterChromaPipeline"
+    run = tmp_path / "run"
+    assert main(["search", "--model", "tiny-chroma", "--objective", "colorfulness", "--prompt", "a parrot", "--seeds",
+                 "0", "--top-k", "1", "--rounds", "1", "--run-dir", str(run)]) == 0
+    assert json.loads((run / "selected.json").read_text())["family"] == "tiny-chroma"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\na boat\n")
+    assert main(["eval", "--model", "tiny-chroma", "--prompts", str(prompts), "--seeds", "0", "--setting",
+                 "plain: pag_scale=0", "--setting", "heads: heads=L1H0, pag_scale=3", "--metrics", "colorfulness",
+                 "--baseline", "plain", "--out", str(tmp_path / "eval")]) == 0
+
+
 def test_demo_writes_the_files_it_reports_and_the_search_raises_the_objective(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -34,10 +34,10 @@ class CountingBackend:
 
 def _kwargs(model):
     kw = dict(num_inference_steps=2, height=32, width=32, output_type="np")
-    if "flux" in model:
+    if "flux" in model or "chroma" in model:
         kw["max_sequence_length"] = 48
-    else:
-        kw["guidance_scale"] = 1.0
+    if "flux" not in model:
+        kw["guidance_scale"] = 1.0  # CFG off (FLUX's guidance_scale is its distilled guidance: left as is)
     return kw
 
 
@@ -58,8 +58,10 @@ def _compile(pipe, how, backend):
 CASES = [
     ("tiny-sd3", "in-place"), ("tiny-sd3", "assigned"), ("tiny-sd3", "each-block"),
     ("tiny-flux", "in-place"), ("tiny-flux", "assigned"), ("tiny-flux", "repeated-blocks"),
+    ("tiny-chroma", "in-place"), ("tiny-chroma", "repeated-blocks"),
 ]
 HEADS = {"tiny-sd3": ["L1H0,L2H1@0.5", "L1H3,L2", "L0H1,L2"], "tiny-flux": ["L1H0,L3H1@0.5", "L1H1,L2", "L0H1,L3"]}
+HEADS["tiny-chroma"] = HEADS["tiny-flux"]
 
 
 @pytest.mark.parametrize("model,how", CASES, ids=[f"{m}-{h}" for m, h in CASES])

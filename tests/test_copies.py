@@ -14,7 +14,8 @@ def _sources(name):
     return inspect.getsource(inspect.unwrap(ours)), inspect.getsource(inspect.unwrap(parent))
 
 
-@pytest.mark.parametrize("name", ["HeadHunterSD3Pipeline.__call__", "HeadHunterFluxPipeline.__call__"])
+@pytest.mark.parametrize("name", ["HeadHunterSD3Pipeline.__call__", "HeadHunterFluxPipeline.__call__",
+                                  "HeadHunterChromaPipeline.__call__"])
 def test_pipelines_follow_their_parents(name):
     ours, parent = _sources(name)
     diff = check_copy(ours, parent, name)

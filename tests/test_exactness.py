@@ -3,9 +3,9 @@ processors, every branch of every image computed separately. fp32, max abs diffe
 
 import pytest
 import torch
-from reference import reference_flux, reference_sd3
+from reference import reference_chroma, reference_flux, reference_sd3
 
-from headhunter.pipelines import HeadHunterFluxPipeline, HeadHunterSD3Pipeline
+from headhunter.pipelines import HeadHunterChromaPipeline, HeadHunterFluxPipeline, HeadHunterSD3Pipeline
 from headhunter.testing import build_pipeline, tiny_components
 
 TOL = 1e-5
@@ -110,4 +110,45 @@ def test_flux_matches_explicit_reference(flux_pipe, target, scope, true_cfg):
         softened[key] /= 2
         off = reference_flux(pipe, prompt, seed, softened, steps=2, pag_scale=2.0, target=target, scope=scope,
                              negative_prompt=negative[i] if true_cfg else None, **cfg_kwargs)
+        assert (out[i : i + 1] - off).abs().max().item() > 100 * TOL
+
+
+@pytest.fixture(scope="module")
+def chroma_pipe():
+    return build_pipeline(HeadHunterChromaPipeline, tiny_components("tiny-chroma", num_layers=2, num_single_layers=2))
+
+
+@pytest.mark.parametrize(
+    "target,scope", [("identity", "joint"), ("uniform", "joint"), ("query_mean", "joint"), ("max", "joint"), ("identity", "image")]
+)
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
+def test_chroma_matches_explicit_reference(chroma_pipe, target, scope, guidance_scale):
+    """Chroma: FLUX.1's blocks with a text-padding attention mask in every block, forked with the perturbed rows."""
+    pipe = chroma_pipe
+    negative = ["blurry", "low quality, grainy"]
+    prompts = ["a red fox", "an old lighthouse on a cliff at dusk"]  # different lengths: the padding mask matters
+    out = pipe(
+        prompts,
+        generator=[torch.Generator().manual_seed(s) for s in SEEDS],
+        pag_heads=FLUX_PLANS,
+        pag_scale=2.0,
+        pag_target=target,
+        pag_scope=scope,
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        max_sequence_length=48,
+        output_type="latent",
+        negative_prompt=negative,
+        guidance_scale=guidance_scale,
+    ).images
+    for i, (prompt, seed, plan) in enumerate(zip(prompts, SEEDS, FLUX_PLANS)):
+        softness = _softness(plan, num_heads=2)
+        ref = reference_chroma(pipe, prompt, seed, softness, steps=2, pag_scale=2.0, target=target, scope=scope,
+                               negative_prompt=negative[i], guidance_scale=guidance_scale)
+        diff = (out[i : i + 1] - ref).abs().max().item()
+        assert diff <= TOL, f"image {i}: max abs diff {diff}"
+        key = next(iter(softness))
+        off = reference_chroma(pipe, prompt, seed, {**softness, key: softness[key] / 2}, steps=2, pag_scale=2.0,
+                               target=target, scope=scope, negative_prompt=negative[i], guidance_scale=guidance_scale)
         assert (out[i : i + 1] - off).abs().max().item() > 100 * TOL

@@ -7,11 +7,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import FluxPipeline, StableDiffusion3PAGPipeline, StableDiffusion3Pipeline
+from diffusers import ChromaPipeline, FluxPipeline, StableDiffusion3PAGPipeline, StableDiffusion3Pipeline
 
 from headhunter import HeadLayout, HeadSet, perturbed_heads
 from headhunter.attention import build_plan
-from headhunter.pipelines import HeadHunterFluxPipeline, HeadHunterSD3Pipeline
+from headhunter.pipelines import HeadHunterChromaPipeline, HeadHunterFluxPipeline, HeadHunterSD3Pipeline
 from headhunter.testing import build_pipeline, tiny_components
 
 SD3_KW = dict(guidance_scale=1.0, num_inference_steps=2, height=32, width=32, output_type="latent")
@@ -32,7 +32,8 @@ def count_rows(transformer):
     blocks = list(transformer.transformer_blocks) + list(getattr(transformer, "single_transformer_blocks", []))
     for block in blocks:
         handles.append(block.register_forward_hook(
-            lambda m, a, k, out: calls["blocks"].append(out[1].shape[0]), with_kwargs=True))
+            lambda m, a, k, out: calls["blocks"].append((out[1] if isinstance(out, tuple) else out).shape[0]),
+            with_kwargs=True))
     try:
         yield calls
     finally:
@@ -77,6 +78,25 @@ def test_flux_inactive_is_bit_identical_to_stock(flux, extra, cfg):
     assert rows == stock_rows
 
 
+@pytest.fixture(scope="module")
+def chroma():
+    components = tiny_components("tiny-chroma")
+    return build_pipeline(HeadHunterChromaPipeline, components), build_pipeline(ChromaPipeline, components)
+
+
+@pytest.mark.parametrize("extra", [{}, {"pag_heads": "L0@0"}, {"pag_heads": "L1H0", "pag_scale": 0}])
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
+def test_chroma_inactive_is_bit_identical_to_stock(chroma, extra, guidance_scale):
+    hh, stock = chroma
+    kw = {**FLUX_KW, "negative_prompt": "blurry", "guidance_scale": guidance_scale}
+    with count_rows(stock.transformer) as stock_rows:
+        expected = stock("a cat", generator=gen(), **kw).images
+    with count_rows(hh.transformer) as rows:
+        got = hh("a cat", generator=gen(), **extra, **kw).images
+    assert torch.equal(got, expected)
+    assert rows == stock_rows
+
+
 @pytest.mark.parametrize("guidance_scale", [1.0, 2.5])
 def test_image_scope_matches_diffusers_sd3_pag(sd3_components, guidance_scale):
     names = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
@@ -96,10 +116,10 @@ def test_image_scope_matches_diffusers_sd3_pag(sd3_components, guidance_scale):
 
 
 # --- prefix sharing ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["sd3", "flux"])
-def test_fork_equals_whole_branch_and_saves_blocks(sd3, flux, family):
-    hh = sd3[0] if family == "sd3" else flux[0]
-    kw = SD3_KW if family == "sd3" else FLUX_KW
+@pytest.mark.parametrize("family", ["sd3", "flux", "chroma"])
+def test_fork_equals_whole_branch_and_saves_blocks(sd3, flux, chroma, family):
+    hh = {"sd3": sd3, "flux": flux, "chroma": chroma}[family][0]
+    kw = {"sd3": SD3_KW, "flux": FLUX_KW, "chroma": {**FLUX_KW, "guidance_scale": 1.0}}[family]  # CFG off
     heads = "L2H1" if family == "sd3" else "L3H0"  # last SD3 block / a single-stream FLUX block
     results = {}
     for share in (True, False):

@@ -108,15 +108,17 @@ def token_slices(kind: str, scope: str, text_len: int | None, hidden_states: tor
 
 
 def _key_valid(mask: torch.Tensor | None, batch: int, keys: int) -> torch.Tensor | None:
-    """A key-padding mask as [B, K] booleans (True: attended); ValueError for masks of another shape."""
+    """A key-padding mask as [B, K] booleans (True: attended); ValueError for masks of another shape. A float mask
+    is additive (a key is out where it holds -inf or the dtype's minimum); a [B, 1, Q, K] mask (Chroma's padding mask
+    times its transpose) counts a key as real when some query attends to it."""
     if mask is None:
         return None
     valid = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-    if valid.ndim == 4 and valid.shape[1] == 1 and valid.shape[2] == 1:
-        valid = valid[:, 0, 0]
+    if valid.ndim == 4 and valid.shape[1] == 1:
+        valid = valid[:, 0].any(dim=1)
     if valid.ndim != 2 or valid.shape[-1] != keys:
         raise ValueError(f"an attention mask of shape {tuple(mask.shape)} is not a key-padding mask; SoftPAG targets "
-                         "other than identity need one ([B, K] or [B, 1, 1, K])")
+                         "other than identity need one ([B, K], [B, 1, 1, K] or [B, 1, Q, K])")
     return valid.expand(batch, keys)
 
 

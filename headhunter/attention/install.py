@@ -32,6 +32,8 @@ __all__ = ["PerturbationSession", "compile_mode", "perturbed_heads"]
 # Positional order of the tensors a block forward takes first (SD3 joint, FLUX double and single blocks alike, also
 # when gradient checkpointing calls them positionally).
 _BLOCK_INPUTS = ("hidden_states", "encoder_hidden_states", "temb")
+# Per-row tensors a block takes by name: those above, and Chroma's text-padding mask.
+_FORKED_BY_NAME = (*_BLOCK_INPUTS, "attention_mask")
 
 
 class _ForkHook:
@@ -49,7 +51,7 @@ class _ForkHook:
         fork = self.session.fork
         args = tuple(fork(a) if i < len(_BLOCK_INPUTS) else a for i, a in enumerate(args))
         # a new dict rather than writing into the caller's (torch.compile traces these hooks)
-        kwargs = {name: fork(value) if name in _BLOCK_INPUTS else value for name, value in kwargs.items()}
+        kwargs = {name: fork(value) if name in _FORKED_BY_NAME else value for name, value in kwargs.items()}
         return args, kwargs
 
 

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     ev = sub.add_parser("eval", help="generate and score image sets under several settings, with a report")
-    ev.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or a built-in offline model: toy-shapes (trained), tiny-sd3 / tiny-flux / tiny-flux2 / tiny-qwenimage / tiny-zimage (random weights)")
+    ev.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or a built-in offline model: toy-shapes (trained), tiny-sd3 / tiny-flux / tiny-chroma / tiny-flux2 / tiny-qwenimage / tiny-zimage (random weights)")
     ev.add_argument("--prompts", required=True, help=".txt (one per line), .csv or .jsonl (prompt, optional seed, style)")
     ev.add_argument("--seeds", type=parse_seeds, default=[0])
     ev.add_argument("--setting", action="append", default=[], metavar="'NAME: key=value, ...'",

@@ -15,7 +15,7 @@ __all__ = ["add_generation_options", "generate_images", "register", "validate_ca
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny-sd3",
                         help="hub id, local pipeline folder, or a built-in offline model: toy-shapes (trained), "
-                             "tiny-sd3, tiny-sd3.5, tiny-flux, tiny-flux2, tiny-qwenimage, tiny-zimage (random weights)")
+                             "tiny-sd3, tiny-sd3.5, tiny-flux, tiny-chroma, tiny-flux2, tiny-qwenimage, tiny-zimage (random weights)")
     parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 28; 20 for toy-shapes, 2 for tiny models)")
     parser.add_argument("--size", type=parse_size, default=None, help="N or WxH (default: the model's; 32 for the built-in models)")
     parser.add_argument("--cfg", type=non_negative_float, default=None,

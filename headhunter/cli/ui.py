@@ -16,11 +16,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port} is not a TCP port")
     if importlib.util.find_spec("gradio") is None:
         raise UsageError("the studio needs Gradio: pip install 'headhunter[ui]'")
-    from headhunter.pipelines.loading import MODULAR_FAMILIES, check_device, model_family
+    from headhunter.pipelines.loading import check_device, model_family
     from headhunter.ui import launch
 
     check_device(args.device)
-    if model_family(args.model) in MODULAR_FAMILIES:  # the studio steps through the HeadHunter pipelines' loop
+    if model_family(args.model) not in ("sd3", "flux"):  # its settings, snippets and presets are these families'
         raise UsageError(f"the studio runs SD3, SD3.5 and FLUX.1; {args.model} works with generate, search and eval")
     launch(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, offload=args.offload,
            workspace=args.workspace)
