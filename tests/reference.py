@@ -141,6 +141,17 @@ def reference_sd3(pipe, prompt, seed, softness, *, steps, guidance_scale, pag_sc
     return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, guidance_scale, kernel, softness, pag_scale)
 
 
+def _shifted_timesteps(pipe, latents, steps):
+    """FLUX's and Chroma's schedule: linear sigmas, shifted by the image's token count."""
+    sigmas = np.linspace(1.0, 1 / steps, steps)
+    mu = calculate_shift(latents.shape[1], pipe.scheduler.config.get("base_image_seq_len", 256),
+                         pipe.scheduler.config.get("max_image_seq_len", 4096),
+                         pipe.scheduler.config.get("base_shift", 0.5), pipe.scheduler.config.get("max_shift", 1.15))
+    timesteps, _ = flux_timesteps(pipe.scheduler, steps, "cpu", sigmas=sigmas, mu=mu)
+    pipe.scheduler.set_begin_index(0)
+    return timesteps
+
+
 def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="identity", scope="joint",
                    negative_prompt=None, true_cfg_scale=1.0, guidance_scale=3.5, size=32, max_sequence_length=48):
     """Final (packed) latents of one FLUX image, every branch run separately."""
@@ -150,12 +161,7 @@ def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="id
         npe, nppe, _ = pipe.encode_prompt(negative_prompt, None, device="cpu", max_sequence_length=max_sequence_length)
     latents, image_ids = pipe.prepare_latents(1, pipe.transformer.config.in_channels // 4, size, size, pe.dtype, "cpu",
                                               torch.Generator().manual_seed(seed), None)
-    sigmas = np.linspace(1.0, 1 / steps, steps)
-    mu = calculate_shift(latents.shape[1], pipe.scheduler.config.get("base_image_seq_len", 256),
-                         pipe.scheduler.config.get("max_image_seq_len", 4096),
-                         pipe.scheduler.config.get("base_shift", 0.5), pipe.scheduler.config.get("max_shift", 1.15))
-    timesteps, _ = flux_timesteps(pipe.scheduler, steps, "cpu", sigmas=sigmas, mu=mu)
-    pipe.scheduler.set_begin_index(0)
+    timesteps = _shifted_timesteps(pipe, latents, steps)
     guidance = torch.full([1], guidance_scale)
     kernel = ExplicitKernel(softness, target, scope, image_first=False, n_text=pe.shape[1])
 
@@ -177,12 +183,7 @@ def reference_chroma(pipe, prompt, seed, softness, *, steps, pag_scale, target="
         max_sequence_length=max_sequence_length)
     latents, image_ids = pipe.prepare_latents(1, pipe.transformer.config.in_channels // 4, size, size, pe.dtype, "cpu",
                                               torch.Generator().manual_seed(seed), None)
-    sigmas = np.linspace(1.0, 1 / steps, steps)
-    mu = calculate_shift(latents.shape[1], pipe.scheduler.config.get("base_image_seq_len", 256),
-                         pipe.scheduler.config.get("max_image_seq_len", 4096),
-                         pipe.scheduler.config.get("base_shift", 0.5), pipe.scheduler.config.get("max_shift", 1.15))
-    timesteps, _ = flux_timesteps(pipe.scheduler, steps, "cpu", sigmas=sigmas, mu=mu)
-    pipe.scheduler.set_begin_index(0)
+    timesteps = _shifted_timesteps(pipe, latents, steps)
     kernel = ExplicitKernel(softness, target, scope, image_first=False, n_text=pe.shape[1])
 
     def with_image(text_mask):  # the text-padding mask extended over the image tokens, as the pipeline does
