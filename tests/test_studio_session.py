@@ -204,6 +204,28 @@ def test_the_default_studio_model_is_the_trained_toy_and_its_snippet_and_command
     assert read_settings(next((tmp_path / "cli").glob("*.png")))["max_sequence_length"] == 1
 
 
+def test_chroma_in_the_studio_its_snippet_and_command_line_remake_its_image(tmp_path):
+    """Chroma runs in the studio like SD3 (its CFG is guidance_scale, with the negative prompt); the page's Python
+    snippet names its pipeline class and, like the `headhunter generate` line, makes the image the page shows."""
+    import shlex
+
+    from headhunter.cli import main
+
+    studio = Studio(tiny_pipeline("tiny-chroma"), "tiny-chroma", tmp_path / "workspace")
+    panel = replace_settings(studio.defaults, seed=2, heads="L1H0,L3H1@0.5", pag_scale=3.0, cfg=2.0,
+                             negative="blurry")
+    (_, guided), _, _, python, cli, *_ = studio.generate(panel)
+    assert "tiny_pipeline('tiny-chroma')" in python and "guidance_scale=2.0" in python
+    namespace = {}
+    exec(compile(python, "snippet", "exec"), namespace)
+    assert close(namespace["image"], guided)
+    argv = shlex.split(cli)[1:] + ["--out", str(tmp_path / "cli")]
+    assert main(argv) == 0
+    assert close(Image.open(next((tmp_path / "cli").glob("*.png"))), guided)
+    unguided = direct(studio.pipe, panel.prompt, 2, None, **panel.call_kwargs("chroma", studio.builtin.call))
+    assert not close(unguided, guided)  # the heads change the image
+
+
 def replace_settings(settings, **changes):
     from dataclasses import replace
 

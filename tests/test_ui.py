@@ -574,3 +574,21 @@ def test_closing_the_page_stops_its_search(server):
         still, last = (still + 1, now) if now == last else (0, now)
     assert still >= 3, "the search kept running after its page closed"
     assert last < (12 + 10 + 8) * 30  # far from the end of the search
+
+
+def test_a_chroma_studio_serves_guided_images_through_its_api(tmp_path):
+    """The whole app on a Chroma pipeline (double- then single-stream layers, CFG as guidance_scale)."""
+    from gradio_client import Client
+
+    studio = Studio(tiny_pipeline("tiny-chroma"), "tiny-chroma", tmp_path / "workspace")
+    app = build_app(studio)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        settings = ["a red fox", "blurry", 3, 2, 32, 2.0, 3.5, 3.0, 0.0, 1.0, "identity", "joint", 0.0, 1.0]
+        result = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(*settings, "L1H0,L3", 1,
+                                                                            api_name="/generate")
+        unguided, guided = (np.asarray(Image.open(p if isinstance(p, str) else p["path"])) for p in result[0])
+        assert unguided.shape == guided.shape == (32, 32, 3) and not np.array_equal(unguided, guided)
+    finally:
+        app.close()

@@ -55,17 +55,17 @@ def _shade(u: float) -> str:
 def picker_html(layout: HeadLayout, heads: HeadSet, default_softness: float = 1.0, error: str | None = None) -> str:
     """The grid for ``heads`` (already validated against ``layout``); ``error`` is shown above it."""
     chosen = heads.softness_map(layout, default_softness) if heads else {}
-    flux = layout.model_type == "flux"
+    two_stacks = layout.num_double_layers > 0  # FLUX.1, Chroma: double-stream layers, then single-stream ones
     legend = [f"<span><i style='background:{_shade(1.0)}'></i>picked (u = 1)</span>",
               f"<span><i style='background:{_shade(0.0)}'></i>picked, u = 0 (shade = softness)</span>"]
-    if flux:
+    if two_stacks:
         last = layout.num_double_layers - 1
         legend += [f"<span><i style='background:{_DOUBLE}'></i>double-stream L0–L{last}</span>",
                    f"<span><i style='background:{_SINGLE}'></i>single-stream L{last + 1}–L{layout.num_layers - 1}</span>"]
     legend.append("<span>click a row label for the whole layer</span>")
     rows = []
     for layer in range(layout.num_layers):
-        kind = "single" if flux and layer >= layout.num_double_layers else "double"
+        kind = "single" if two_stacks and layer >= layout.num_double_layers else "double"
         cells = []
         for head in range(layout.num_heads):
             u = chosen.get((layer, head))

@@ -343,7 +343,7 @@ class Studio:
 
     def snippets(self, prompt: str, seed: int, heads: HeadSet, kwargs: dict) -> tuple[str, str]:
         """The settings as Python (runnable as is) and as a ``headhunter generate`` line."""
-        cls = "HeadHunterFluxPipeline" if self.flux else "HeadHunterSD3Pipeline"
+        cls = type(self.pipe).__name__
         device = self.pipe.device.type
         args = ",\n    ".join(f"{k}={v!r}" for k, v in kwargs.items() if v is not None)
         if self.builtin is not None:

@@ -20,8 +20,9 @@ def run(args: argparse.Namespace) -> int:
     from headhunter.ui import launch
 
     check_device(args.device)
-    if model_family(args.model) not in ("sd3", "flux"):  # its settings, snippets and presets are these families'
-        raise UsageError(f"the studio runs SD3, SD3.5 and FLUX.1; {args.model} works with generate, search and eval")
+    if model_family(args.model) not in ("sd3", "flux", "chroma"):  # it steps through the HeadHunter pipelines' loop
+        raise UsageError(f"the studio runs SD3, SD3.5, FLUX.1 and Chroma; {args.model} works with generate, search "
+                         "and eval")
     launch(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, offload=args.offload,
            workspace=args.workspace)
     return 0
