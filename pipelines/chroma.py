@@ -139,14 +139,9 @@ class HeadHunterChromaPipeline(HeadHunterMixin, ChromaPipeline):
             pag_interval=pag_interval,
             pag_adaptive_scale=pag_adaptive_scale,
             pag_applied_layers=pag_applied_layers,
+            ip_adapter_inputs=(ip_adapter_image, ip_adapter_image_embeds, negative_ip_adapter_image,
+                               negative_ip_adapter_image_embeds),
         )
-
-        uses_ip_adapter = any(
-            x is not None
-            for x in (ip_adapter_image, ip_adapter_image_embeds, negative_ip_adapter_image, negative_ip_adapter_image_embeds)
-        )
-        if pag.active and uses_ip_adapter:
-            raise ValueError("pag_heads cannot be combined with an IP-Adapter: it replaces the perturbed layers' processors")
         # HeadHunter <<<
 
         device = self._execution_device

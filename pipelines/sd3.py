@@ -166,10 +166,8 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
             pag_interval=pag_interval,
             pag_adaptive_scale=pag_adaptive_scale,
             pag_applied_layers=pag_applied_layers,
+            ip_adapter_inputs=(ip_adapter_image, ip_adapter_image_embeds),
         )
-
-        if pag.active and (ip_adapter_image is not None or ip_adapter_image_embeds is not None):
-            raise ValueError("pag_heads cannot be combined with an IP-Adapter: it replaces the perturbed layers' processors")
         # HeadHunter <<<
 
         device = self._execution_device

@@ -4,6 +4,7 @@ from the workspace's run list."""
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,9 +184,6 @@ def test_resume_from_the_run_list_ends_with_the_heads_of_an_uninterrupted_run(st
 def test_the_default_studio_model_is_the_trained_toy_and_its_snippet_and_command_line_remake_its_image(tmp_path):
     """`headhunter ui` opens on toy-shapes: a grammar prompt, its 20 steps and 32 px, its presets only; the page's
     Python snippet (run as is) and its `headhunter generate` line make the guided image the page shows."""
-    import shlex
-
-    from headhunter.cli import main
     from headhunter.testing import TOY_PROMPT, toy_pipeline
     from headhunter.ui.app import launch
 
@@ -195,35 +193,49 @@ def test_the_default_studio_model_is_the_trained_toy_and_its_snippet_and_command
     assert studio.preset_names() and all(name.startswith("toy-shapes-") for name in studio.preset_names())
     panel = replace_settings(studio.defaults, seed=4, heads=studio.preset_names()[0], pag_scale=3.0)
     (_, guided), _, _, python, cli, *_ = studio.generate(panel)
-    namespace = {}
-    exec(compile(python, "snippet", "exec"), namespace)
-    assert close(namespace["image"], guided)
-    argv = shlex.split(cli)[1:] + ["--out", str(tmp_path / "cli")]
-    assert main(argv) == 0
-    assert close(Image.open(next((tmp_path / "cli").glob("*.png"))), guided)
-    assert read_settings(next((tmp_path / "cli").glob("*.png")))["max_sequence_length"] == 1
+    png = assert_snippet_and_command_line_remake(python, cli, guided, tmp_path / "cli")
+    assert read_settings(png)["max_sequence_length"] == 1
 
 
 def test_chroma_in_the_studio_its_snippet_and_command_line_remake_its_image(tmp_path):
     """Chroma runs in the studio like SD3 (its CFG is guidance_scale, with the negative prompt); the page's Python
-    snippet names its pipeline class and, like the `headhunter generate` line, makes the image the page shows."""
+    snippet and `headhunter generate` line make the image the page shows, also for a model loaded from a folder
+    (the snippet then names Chroma's pipeline class)."""
+    from diffusers import ChromaPipeline
+
+    from headhunter.testing import build_pipeline, tiny_components
+
+    folder = tmp_path / "chroma"
+    build_pipeline(ChromaPipeline, tiny_components("tiny-chroma")).save_pretrained(folder)
+    for name in ("tiny-chroma", str(folder)):
+        pipe = tiny_pipeline("tiny-chroma")
+        studio = Studio(pipe, name, tmp_path / "workspace")
+        panel = replace_settings(studio.defaults, steps=2, size=32, seed=2, heads="L1H0,L3H1@0.5", pag_scale=3.0,
+                                 cfg=2.0, negative="blurry")
+        (_, guided), _, _, python, cli, *_ = studio.generate(panel)
+        loader = "tiny_pipeline('tiny-chroma')" if name == "tiny-chroma" else "HeadHunterChromaPipeline.from_pretrained"
+        assert loader in python and "guidance_scale=2.0" in python
+        out = tmp_path / f"cli-{Path(name).name}"
+        png = assert_snippet_and_command_line_remake(python, cli, guided, out)
+        assert read_settings(png)["guidance_scale"] == 2.0
+    unguided = direct(pipe, panel.prompt, 2, None, **panel.call_kwargs("chroma", {}))
+    assert not close(unguided, guided)  # the heads change the image
+
+
+def assert_snippet_and_command_line_remake(python, cli, image, out):
+    """Run the studio's Python snippet as is and its `headhunter generate` line; both must make ``image``. Returns
+    the command line's PNG."""
     import shlex
 
     from headhunter.cli import main
 
-    studio = Studio(tiny_pipeline("tiny-chroma"), "tiny-chroma", tmp_path / "workspace")
-    panel = replace_settings(studio.defaults, seed=2, heads="L1H0,L3H1@0.5", pag_scale=3.0, cfg=2.0,
-                             negative="blurry")
-    (_, guided), _, _, python, cli, *_ = studio.generate(panel)
-    assert "tiny_pipeline('tiny-chroma')" in python and "guidance_scale=2.0" in python
     namespace = {}
     exec(compile(python, "snippet", "exec"), namespace)
-    assert close(namespace["image"], guided)
-    argv = shlex.split(cli)[1:] + ["--out", str(tmp_path / "cli")]
-    assert main(argv) == 0
-    assert close(Image.open(next((tmp_path / "cli").glob("*.png"))), guided)
-    unguided = direct(studio.pipe, panel.prompt, 2, None, **panel.call_kwargs("chroma", studio.builtin.call))
-    assert not close(unguided, guided)  # the heads change the image
+    assert close(namespace["image"], image)
+    assert main(shlex.split(cli)[1:] + ["--out", str(out)]) == 0
+    png = next(out.glob("*.png"))
+    assert close(Image.open(png), image)
+    return png
 
 
 def replace_settings(settings, **changes):
