@@ -21,15 +21,14 @@ from typing import Any, Iterator
 
 import torch
 
+from .testbed import TOY_MODELS  # the trained toy models: accepted by toy_pipeline() and --model
+
 __all__ = ["TINY_MODELS", "TINY_MODULAR", "TINY_MODULAR_CALL", "TINY_TRANSFORMERS", "TOY_CALL", "TOY_MODELS",
            "TOY_PROMPT", "tiny_clip_tokenizer", "tiny_components", "tiny_modular_pipeline", "tiny_pipeline",
            "tiny_qwen_tokenizer", "tiny_t5_tokenizer", "tiny_transformer", "toy_pipeline", "toy_pipeline_path"]
 
 #: Names accepted by :func:`tiny_pipeline` (and by the CLI's ``--model``).
 TINY_MODELS = ("tiny-sd3", "tiny-sd3.5", "tiny-sd3.5-dual", "tiny-flux", "tiny-chroma")
-#: Trained offline models shipped in the package (:mod:`headhunter.testbed`), accepted by :func:`toy_pipeline` and
-#: by the CLI's and the studio's ``--model``.
-TOY_MODELS = ("toy-shapes",)
 #: The sampler settings the toy models are measured with: the defaults of the CLI and the studio. One zero text
 #: token in T5's place (the model was trained for any count; see :mod:`headhunter.testbed.train`).
 TOY_CALL = {"num_inference_steps": 20, "max_sequence_length": 1}

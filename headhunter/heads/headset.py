@@ -1,4 +1,4 @@
-"""Naming, parsing and validating attention heads.
+"""Head sets and their text grammar.
 
 Heads are addressed as ``L{layer}H{head}`` (``L13H17``), with layers numbered globally through the transformer: for SD3 /
 SD3.5 layer ``i`` is ``transformer_blocks[i].attn``; for FLUX.1 layers ``0..D-1`` are the double-stream blocks and
@@ -17,32 +17,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple, Union
 
-__all__ = [
-    "Head",
-    "HeadLayout",
-    "HeadSet",
-    "HeadSetLike",
-    "PRESET_FORMAT",
-    "list_presets",
-    "load_preset",
-    "preset_family",
-    "preset_from_json",
-    "save_preset",
-    "unwrap_compiled",
-]
+if TYPE_CHECKING:
+    from .layout import HeadLayout
 
-
-def unwrap_compiled(module: Any) -> Any:
-    """The model inside a ``torch.compile`` wrapper (``OptimizedModule._orig_mod``), or ``module`` itself."""
-    return getattr(module, "_orig_mod", module)
-
-
-PRESET_FORMAT = "headhunter.heads/1"
+__all__ = ["Head", "HeadSet", "HeadSetLike"]
 
 _TOKEN = re.compile(r"^L(\d+)(?:-(\d+))?(?:H(\d+)(?:-(\d+))?)?(?:@(.+))?$")
 
@@ -73,97 +54,6 @@ def _check_softness(u: Any, where: str) -> float:
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(f"{where}: softness {value} is outside [0, 1]")
     return value
-
-
-# The transformers whose heads headhunter addresses: for each layout type, the transformer class and its attention
-# layers as (block list, attention attribute, kind) in the order layers are numbered (L0 = the first block of the
-# first list). Refiner blocks that run before the main stack (Z-Image) and cross-attention (Wan's attn2, SD3.5's
-# image-only attn2) are not addressed.
-MODELS: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
-    "sd3": ("SD3Transformer2DModel", (("transformer_blocks", "attn", "joint"),)),
-    "flux": ("FluxTransformer2DModel", (("transformer_blocks", "attn", "double"),
-                                        ("single_transformer_blocks", "attn", "single"))),
-    "chroma": ("ChromaTransformer2DModel", (("transformer_blocks", "attn", "double"),
-                                            ("single_transformer_blocks", "attn", "single"))),
-    "flux2": ("Flux2Transformer2DModel", (("transformer_blocks", "attn", "double"),
-                                          ("single_transformer_blocks", "attn", "single"))),
-    "qwenimage": ("QwenImageTransformer2DModel", (("transformer_blocks", "attn", "double"),)),
-    "zimage": ("ZImageTransformer2DModel", (("layers", "attention", "single"),)),
-    "wan": ("WanTransformer3DModel", (("blocks", "attn1", "self"),)),
-}
-
-
-@dataclass(frozen=True)
-class HeadLayout:
-    """How many attention layers and heads a transformer has, and which module each layer is.
-
-    Attributes:
-        model_type: a key of :data:`MODELS`: ``"sd3"`` (SD3 / SD3.5 MMDiT), ``"flux"`` (FLUX.1), ``"chroma"``,
-            ``"flux2"``, ``"qwenimage"``, ``"zimage"`` or ``"wan"`` (Wan 2.x).
-        num_layers: number of addressable attention layers (SD3-medium 24, FLUX.1 57).
-        num_heads: heads per layer (24 for both families).
-        head_dim: channels per head.
-        num_double_layers: for models with two block lists (FLUX.1, Chroma, FLUX.2): layers ``0..num_double_layers-1``
-            are the double-stream blocks, the rest single-stream.
-    """
-
-    model_type: str
-    num_layers: int
-    num_heads: int
-    head_dim: int
-    num_double_layers: int = 0
-
-    @classmethod
-    def from_transformer(cls, transformer: Any) -> "HeadLayout":
-        transformer = unwrap_compiled(transformer)
-        classes = {type(transformer).__name__} | {base.__name__ for base in type(transformer).__mro__}
-        for model_type, (class_name, stacks) in MODELS.items():
-            if class_name in classes and all(hasattr(transformer, blocks) for blocks, _, _ in stacks):
-                counts = [len(getattr(transformer, blocks)) for blocks, _, _ in stacks]
-                first = getattr(getattr(transformer, stacks[0][0])[0], stacks[0][1])
-                heads = int(first.heads)
-                head_dim = int(getattr(first, "inner_dim", 0) or first.to_q.out_features) // heads
-                return cls(model_type, sum(counts), heads, head_dim, num_double_layers=counts[0] if len(counts) > 1 else 0)
-        supported = ", ".join(class_name for class_name, _ in MODELS.values())
-        raise ValueError(f"{type(transformer).__name__} is not supported: headhunter addresses the heads of {supported}")
-
-    @property
-    def num_total_heads(self) -> int:
-        return self.num_layers * self.num_heads
-
-    def _locate(self, layer: int) -> tuple[str, str, str, int]:
-        """(block list, attention attribute, kind, index in the list) of ``layer``."""
-        stacks = MODELS[self.model_type][1]
-        if len(stacks) > 1 and layer >= self.num_double_layers:
-            return (*stacks[1], layer - self.num_double_layers)
-        return (*stacks[0], layer)
-
-    def block(self, transformer: Any, layer: int) -> Any:
-        """The transformer block that holds ``layer``'s attention."""
-        blocks, _, _, index = self._locate(layer)
-        return getattr(unwrap_compiled(transformer), blocks)[index]
-
-    def attention(self, transformer: Any, layer: int) -> Any:
-        """The attention module of ``layer`` (cross-attention and SD3.5's image-only ``attn2`` are never addressed)."""
-        return getattr(self.block(transformer, layer), self._locate(layer)[1])
-
-    def block_kind(self, layer: int) -> str:
-        """``"joint"`` (SD3), ``"double"`` or ``"single"`` (FLUX.1, Chroma, FLUX.2; Qwen-Image is double, Z-Image
-        single), ``"self"`` (Wan's self-attention)."""
-        return self._locate(layer)[2]
-
-    def module_name(self, layer: int) -> str:
-        blocks, attribute, _, index = self._locate(layer)
-        return f"{blocks}.{index}.{attribute}"
-
-    def describe(self) -> str:
-        text = f"layers 0-{self.num_layers - 1} (L0..L{self.num_layers - 1}), heads 0-{self.num_heads - 1}"
-        if self.num_double_layers:
-            text += f"; layers 0-{self.num_double_layers - 1} are double-stream, the rest single-stream"
-        return text
-
-    def all_heads(self) -> "HeadSet":
-        return HeadSet([Head(layer, head) for layer in range(self.num_layers) for head in range(self.num_heads)])
 
 
 class HeadSet:
@@ -206,6 +96,8 @@ class HeadSet:
     def coerce(cls, value: "HeadSetLike") -> "HeadSet":
         """Turn anything accepted where a HeadSet is into one: a HeadSet, a spec string, a preset name, a preset JSON
         path, a list of ``(layer, head)`` / ``(layer, head, u)`` tuples, a ``{(layer, head): u}`` dict, or None."""
+        from .presets import load_preset  # presets hold head sets: imported here, not at the top
+
         if value is None:
             return cls()
         if isinstance(value, HeadSet):
@@ -395,92 +287,3 @@ def _compress(heads: list[Head]) -> list[str]:
         tokens.append(text)
         i = j + 1
     return tokens
-
-
-# presets ----------------------------------------------------------------------------------------------------------
-def preset_family(model: str, layout: "HeadLayout") -> str:
-    """The preset family of a model: its layout's type (``"sd3"``, ``"flux"``), prefixed ``tiny-`` for the tiny
-    offline models (their few heads are not the real models'); a toy model's name (``"toy-shapes"``) for the trained
-    toy models, whose heads are their own."""
-    from .testing import TOY_MODELS
-
-    name = str(model).lower()
-    if name in TOY_MODELS:
-        return name
-    return ("tiny-" if name.startswith("tiny-") else "") + layout.model_type
-
-
-def list_presets(family: str | None = None) -> dict[str, dict]:
-    """Presets shipped in ``headhunter/presets``: ``{name: preset}`` (see :func:`load_preset`); with ``family``
-    (``"sd3"``, ``"flux"``, ``"tiny-sd3"``, ``"tiny-flux"``) only the presets made for that model family."""
-    folder = resources.files("headhunter") / "presets"
-    found = {}
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".json"):
-            preset = preset_from_json(json.loads(entry.read_text()), entry.name)
-            if family is None or preset.get("family") == family:
-                found[entry.name[: -len(".json")]] = preset
-    return found
-
-
-def load_preset(name_or_path: str | Path) -> dict:
-    """Load a preset by shipped name (``"sd3-shadow"``) or from a JSON file (e.g. a search's ``selected.json``).
-
-    Returns the preset's fields with ``"heads"`` as a :class:`HeadSet`.
-    """
-    path = Path(name_or_path)
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise ValueError(f"preset file {str(path)!r} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"preset file {str(path)!r} is not valid JSON: {err}") from None
-        return preset_from_json(data, str(path))
-    shipped = list_presets()
-    if str(name_or_path) not in shipped:
-        names = ", ".join(shipped)
-        raise ValueError(
-            f"{str(name_or_path)!r} is neither a head spec (like L13H17), a shipped preset ({names}) nor a JSON file"
-        )
-    return shipped[str(name_or_path)]
-
-
-def preset_from_json(data: Any, where: str) -> dict:
-    """A preset's fields from its decoded JSON (``heads`` as a :class:`HeadSet`); ValueError naming ``where`` when it
-    is not one. For preset data that did not come from a path, such as an upload."""
-    if not isinstance(data, dict) or data.get("format") != PRESET_FORMAT or "heads" not in data:
-        raise ValueError(f"{where} is not a head preset: expected a JSON object with format {PRESET_FORMAT!r} and heads")
-    preset = dict(data)
-    preset["heads"] = HeadSet.parse(data["heads"]) if isinstance(data["heads"], str) else HeadSet.coerce(data["heads"])
-    if "pag_softness" in preset:
-        _check_softness(preset["pag_softness"], f"{where}: pag_softness")
-    return preset
-
-
-def save_preset(
-    path: str | Path,
-    heads: HeadSetLike,
-    *,
-    model: str | None = None,
-    family: str | None = None,
-    pag_scale: float | None = None,
-    pag_softness: float | None = None,
-    description: str = "",
-    source: str = "",
-) -> Path:
-    """Write a preset file in the ``headhunter.heads/1`` format. ``family`` (``"sd3"``, ``"flux"``, ...) says which
-    models it is for: the studio offers a preset only to its family."""
-    data: dict[str, Any] = {"format": PRESET_FORMAT, "model": model}
-    if family is not None:
-        data["family"] = family
-    data["heads"] = str(HeadSet.coerce(heads))
-    if pag_scale is not None:
-        data["pag_scale"] = float(pag_scale)
-    if pag_softness is not None:
-        data["pag_softness"] = _check_softness(pag_softness, "pag_softness")
-    data["description"] = description
-    data["source"] = source
-    path = Path(path)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
