@@ -23,6 +23,7 @@ _EXPORTS = {
     "build_plan": "attention",
     "perturbed_heads": "attention",
     "perturb": "attention",
+    "installed": "attention",
 }
 
 __all__ = sorted(_EXPORTS)

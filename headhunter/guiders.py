@@ -6,26 +6,29 @@ on) and the perturbed conditional ``v̂`` (the conditional inputs, with the chos
 :func:`headhunter.perturb`) — and combines them as our pipelines do::
 
     v = v_u + g·(v_c − v_u) + w_t·(v_c − v̂)        (CFG on, g = guidance_scale)
-    v = v_c + w_t·(v_c − v̂)                        (CFG off: g = 1)
+    v = v_c + w_t·(v_c − v̂)                        (CFG off: g ≤ 1)
 
 with ``w_t`` the PAG scale (lowered by ``pag_adaptive_scale`` as diffusers' PAG does) on the steps in
 ``[start, stop)`` and 0 elsewhere (then the perturbed pass is not run). Unlike diffusers' ``PerturbedAttentionGuidance``
 the perturbed pass always takes the *conditional* inputs (also with CFG off), perturbs individual heads on any
 attention backend, and works on SD3's joint attention.
+
+Nothing is left installed between passes: :meth:`HeadHunterGuidance.prepare_models` arms the perturbation for the
+denoiser's next call only, and that call takes it off again when it returns, raises or is interrupted (diffusers'
+modular loops call ``cleanup_models`` only after a pass that succeeded).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from contextlib import ExitStack
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
 
-from .attention import check_target_scope, perturb
+from .attention import around_next_call, check_target_scope, perturb
 from .guidance import adaptive_scale, guided_prediction, in_interval
 from .heads import HeadSet, load_preset
 
@@ -38,7 +41,8 @@ class HeadHunterGuidance(BaseGuidance):
     Args:
         heads: the heads to perturb, ``"L13H17@0.5,L2"`` (``L{layer}H{head}``, see the README's model table).
         pag_scale: ``w``, the perturbation-guidance scale (0 turns the perturbed pass off).
-        guidance_scale: ``g``, classifier-free guidance; 1 is off (no unconditional pass).
+        guidance_scale: ``g``, classifier-free guidance, on when ``g > 1`` (an unconditional pass); ``g ≤ 1`` — 0
+            included — is off, as in headhunter's pipelines (diffusers' own guiders would run CFG at g = 0).
         pag_softness: u for heads without their own ``@u``, in [0, 1].
         pag_target: ``identity``, ``uniform``, ``query_mean`` or ``max``.
         pag_scope: ``joint`` or ``image`` (identity only).
@@ -81,7 +85,7 @@ class HeadHunterGuidance(BaseGuidance):
         self.pag_target = pag_target
         self.pag_scope = pag_scope
         self.pag_adaptive_scale = float(pag_adaptive_scale)
-        self._perturbation: ExitStack | None = None
+        self._disarm: Callable[[], None] | None = None
 
     @classmethod
     def from_preset(cls, preset: str | os.PathLike, **overrides: Any) -> "HeadHunterGuidance":
@@ -101,7 +105,7 @@ class HeadHunterGuidance(BaseGuidance):
 
     # --- which passes run this step ---------------------------------------------------------------------------------
     def _cfg_on(self) -> bool:
-        return self._enabled and not math.isclose(self.guidance_scale, 1.0)
+        return self._enabled and self.guidance_scale > 1.0
 
     def _scale_now(self) -> float:
         """``w_t`` of the current step (0 outside ``[start, stop)`` or when nothing is perturbed)."""
@@ -140,16 +144,16 @@ class HeadHunterGuidance(BaseGuidance):
 
     def prepare_models(self, denoiser: torch.nn.Module) -> None:
         self._count_prepared += 1
+        self.cleanup_models(denoiser)  # a pass prepared but never run (its inputs failed) leaves nothing armed
         passes = self._predictions()
         if passes[self._count_prepared - 1][1] == "pred_cond_perturbed":
-            self._perturbation = ExitStack()
-            self._perturbation.enter_context(perturb(denoiser, self.heads, softness=self.pag_softness,
-                                                     target=self.pag_target, scope=self.pag_scope))
+            settings = dict(softness=self.pag_softness, target=self.pag_target, scope=self.pag_scope)
+            self._disarm = around_next_call(denoiser, lambda: perturb(denoiser, self.heads, **settings))
 
     def cleanup_models(self, denoiser: torch.nn.Module) -> None:
-        if self._perturbation is not None:
-            self._perturbation.close()
-            self._perturbation = None
+        if self._disarm is not None:
+            self._disarm()
+            self._disarm = None
 
     def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None,
                 pred_cond_perturbed: torch.Tensor | None = None) -> GuiderOutput:

@@ -20,7 +20,7 @@ import torch
 
 from .heads import unwrap_compiled
 
-__all__ = ["FairRLock", "holding_transformer", "one_call_per_transformer"]
+__all__ = ["FairRLock", "holding_transformer", "lock_owner", "one_call_per_transformer"]
 
 class FairRLock:
     """A re-entrant lock granted in arrival order. A search holds the transformer for one batch at a time and asks
@@ -56,6 +56,11 @@ class FairRLock:
                 self._owner = None
                 self._condition.notify_all()
 
+    @property
+    def owner(self) -> int | None:
+        """The thread ident holding the lock, or None."""
+        return self._owner
+
     def __enter__(self) -> "FairRLock":
         self.acquire()
         return self
@@ -77,6 +82,13 @@ def _lock_for(transformer: torch.nn.Module) -> FairRLock:
         if lock is None:
             lock = _locks[module] = FairRLock()
         return lock
+
+
+def lock_owner(transformer: torch.nn.Module) -> int | None:
+    """The ident of the thread holding ``transformer``'s lock, or None when nobody does."""
+    with _registry_guard:
+        lock = _locks.get(unwrap_compiled(transformer))
+    return None if lock is None else lock.owner
 
 
 @contextmanager

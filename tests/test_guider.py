@@ -14,6 +14,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
 from explicit_attention import explicit_perturbation
 
+from headhunter.attention import SoftPAGProcessor
 from headhunter.guiders import HeadHunterGuidance
 from headhunter.heads import HeadLayout, save_preset
 from headhunter.testing import tiny_pipeline, tiny_transformer
@@ -145,19 +146,19 @@ def test_with_cfg_off_the_perturbed_pass_takes_the_conditional_inputs():
     paper's guidance needs v̂ of the *conditional* inputs."""
     transformer, _ = tiny_transformer("qwenimage")
     inputs = embeddings("qwenimage", transformer)
-    seen = []
-
-    def record(module, args, kwargs):
-        perturbed = type(module.transformer_blocks[0].attn.processor).__name__ == "DispatchPerturbation"
-        seen.append((perturbed, kwargs["encoder_hidden_states"]))
-
-    handle = transformer.register_forward_pre_hook(record, with_kwargs=True)
+    contexts, perturbed = [], []
+    record_inputs = transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: contexts.append(kwargs["encoder_hidden_states"]), with_kwargs=True)
+    # inside the forward (the guider arms the perturbation for the call, not before it): is layer 0 perturbed?
+    record_pass = transformer.transformer_blocks[0].register_forward_pre_hook(
+        lambda block, args: perturbed.append(isinstance(block.attn.processor, SoftPAGProcessor)))
     try:
         generate("qwenimage", transformer, HeadHunterGuidance(heads="L0", pag_scale=2.0, guidance_scale=1.0), inputs)
     finally:
-        handle.remove()
-    assert [perturbed for perturbed, _ in seen] == [False, True] * 3  # conditional, perturbed; no unconditional pass
-    assert all(torch.equal(context, inputs["prompt_embeds"]) for _, context in seen)
+        record_inputs.remove()
+        record_pass.remove()
+    assert perturbed == [False, True] * 3  # conditional, perturbed; no unconditional pass
+    assert len(contexts) == 6 and all(torch.equal(context, inputs["prompt_embeds"]) for context in contexts)
 
 
 def test_interval_and_adaptive_scale_decide_when_the_perturbed_pass_runs():
@@ -190,3 +191,47 @@ def test_saved_loaded_and_made_from_a_search_preset(tmp_path):
     for bad in (dict(pag_scale=-1.0), dict(pag_softness=2.0), dict(pag_target="nope"), dict(heads="L1X")):
         with pytest.raises(ValueError):
             HeadHunterGuidance(**bad)
+
+
+def test_guidance_scale_at_or_below_one_is_no_cfg_as_in_the_pipelines():
+    """diffusers' guiders would run CFG at g = 0 (v = v_u); headhunter's pipelines and this guider read g ≤ 1 as off."""
+    transformer, _ = tiny_transformer("qwenimage")
+    inputs = embeddings("qwenimage", transformer)
+    forwards = []
+    handle = transformer.register_forward_pre_hook(lambda *args: forwards.append(1))
+    try:
+        off = generate("qwenimage", transformer, HeadHunterGuidance(heads="L0", pag_scale=2.0, guidance_scale=1.0),
+                       inputs)
+        passes_off = len(forwards)
+        zero = generate("qwenimage", transformer, HeadHunterGuidance(heads="L0", pag_scale=2.0, guidance_scale=0.0),
+                        inputs)
+    finally:
+        handle.remove()
+    assert passes_off == 3 * 2 and len(forwards) == 2 * passes_off  # conditional + perturbed, 3 steps, no uncond pass
+    assert torch.equal(zero, off)
+
+
+@pytest.mark.parametrize("how", ["assigned", "in-place"])
+def test_the_guider_on_a_compiled_transformer_equals_eager_and_leaves_nothing(how):
+    """The guider arms the perturbation where the call enters compiled code (an OptimizedModule's forward, an in-place
+    compiled module's compiled call), so the transformer is entered with the stand-ins already on its layers. (Wan:
+    the tiny Qwen-Image, FLUX.2 and Z-Image transformers do not compile fullgraph in diffusers 0.42 even unguided.)"""
+    import headhunter
+
+    transformer, _ = tiny_transformer("wan")
+    inputs = embeddings("wan", transformer)
+    guider = HeadHunterGuidance(heads="L0H1,L1", pag_scale=2.0, guidance_scale=1.0)
+    eager = generate("wan", transformer, guider, inputs)
+    torch._dynamo.reset()
+    try:
+        if how == "assigned":
+            compiled = torch.compile(transformer, backend="eager", fullgraph=True)
+        else:
+            transformer.compile(backend="eager", fullgraph=True)
+            compiled = transformer
+        got = generate("wan", compiled, guider, inputs)
+        assert headhunter.installed(compiled) == [] and headhunter.installed(transformer) == []
+    finally:
+        torch._dynamo.reset()
+    assert (got - eager).abs().max() <= 1e-5
+    assert (eager - generate("wan", transformer, HeadHunterGuidance(heads="", guidance_scale=1.0), inputs)).abs().max() > 1e-4

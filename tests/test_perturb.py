@@ -130,19 +130,20 @@ def test_only_the_first_attention_of_a_perturbed_layer_call_is_mixed(monkeypatch
 
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-    from headhunter.attention.dispatch import Mix, hook_dispatch, perturbing
+    from headhunter.attention.dispatch import Mix, dispatch_patched, perturbing
 
     module = types.ModuleType("headhunter_test_two_attentions")
     module.dispatch_attention_fn = dispatch_attention_fn
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    hook_dispatch(module.__name__)
     g = torch.Generator().manual_seed(0)
     q, extra = torch.randn(1, 4, 2, 8, generator=g), torch.randn(1, 3, 2, 8, generator=g)
 
     def layer():
         return module.dispatch_attention_fn(q, q, q), module.dispatch_attention_fn(q, extra, extra)
 
-    own, adapter = perturbing(Mix(torch.tensor([1.0, 0.0]), 0, "identity", "joint"), layer)
+    with dispatch_patched([module.__name__]):
+        own, adapter = perturbing(Mix(torch.tensor([1.0, 0.0]), 0, "identity", "joint"), "L0", layer)
+    assert module.dispatch_attention_fn is dispatch_attention_fn  # diffusers' function is back
     plain = dispatch_attention_fn(q, q, q)
     assert torch.allclose(own[:, :, 0], q[:, :, 0], atol=1e-6)  # u = 1, identity: each token's own value
     assert torch.equal(own[:, :, 1], plain[:, :, 1])  # u = 0: untouched

@@ -2,14 +2,22 @@
 
 diffusers' attention processors (FLUX.1, Chroma, FLUX.2, Qwen-Image, Z-Image, Wan, ...) compute q, k and v their own
 way — QK-norm, RoPE, [text; image] concatenation, single- or double-stream — and then call the module-level name
-``dispatch_attention_fn`` of their module with [B, S, H, D] tensors. headhunter wraps that name once per module: the
-wrapper calls diffusers' function with the same arguments (so the user's backend — native, flash, sage, xformers —
-serves every head) and, only while one of headhunter's stand-in processors of this thread is inside its call
-(:func:`perturbing`), mixes the SoftPAG target into the rows and heads that call perturbs. Outside such a call the
-wrapper is diffusers' function plus one attribute read; a new model needs its layout in
-:data:`headhunter.heads.MODELS`, not new attention code. (SD3's stock processor calls SDPA itself; on a perturbed
-SD3 layer :class:`~headhunter.attention.processors.JointAttnDispatchProcessor` computes the same attention through
-``dispatch_attention_fn``.)
+``dispatch_attention_fn`` of their module with [B, S, H, D] tensors. While a headhunter call runs on a layer of such a
+module, that name is headhunter's wrapper: it calls diffusers' function with the same arguments (so the user's
+backend — native, flash, sage, xformers — serves every head) and, only while one of headhunter's stand-in processors
+of *this thread* is inside its call (:func:`perturbing`), mixes the SoftPAG target into the rows and heads that call
+perturbs. A new model needs its layout in :data:`headhunter.heads.MODELS`, not new attention code. (SD3's stock
+processor calls SDPA itself; on a perturbed SD3 layer :class:`~headhunter.attention.processors.JointAttnDispatchProcessor`
+computes the perturbed rows' attention through the same wrapper.)
+
+Why a module global, and why it is safe: a processor's ``__call__`` looks the name up in its module at every call, and
+it is the only place every model's attention passes through with q, k and v in hand. The alternatives weighed:
+diffusers' backend registry keys backends by an enum (no room for a wrapper that keeps the user's backend), and its
+``HookRegistry`` sees a module's inputs and outputs, not its attention's q, k, v. So the name is patched — but only
+while some call needs it (:func:`dispatch_patched` counts the calls and puts diffusers' function back when the last
+one ends, raises or is interrupted), and the wrapper is inert for every thread that is not inside a stand-in call (one
+attribute read). Each module keeps one wrapper object for the life of the process, so a compiled transformer sees the
+same function in every call and is not recompiled for it.
 
 The mix of the call in progress lives in a ``threading.local``: per thread like a context variable, and, unlike one,
 traceable by torch.compile, so a compiled transformer keeps one graph (fullgraph) with the wrapper inside it.
@@ -19,13 +27,15 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
 from .targets import image_scope_identity_values, soft_mix, target_values
 
-__all__ = ["Mix", "hook_dispatch", "mix_target", "perturbing", "perturbing_dispatch", "token_slices"]
+__all__ = ["Mix", "dispatch_patched", "mix_target", "patched_modules", "perturbing", "perturbing_dispatch",
+           "token_slices"]
 
 
 class Mix:
@@ -47,23 +57,13 @@ class Mix:
 
 
 _LOCAL = threading.local()  # .mix: the Mix of the stand-in processor call in progress on this thread, if any
-_HOOK_LOCK = threading.Lock()
-
-
-def hook_dispatch(module_name: str) -> None:
-    """Route ``dispatch_attention_fn`` of module ``module_name`` through headhunter (once; idempotent)."""
-    module = sys.modules[module_name]
-    with _HOOK_LOCK:
-        current = getattr(module, "dispatch_attention_fn", None)
-        if current is None:
-            raise ValueError(f"{module_name} does not call diffusers' dispatch_attention_fn; its heads cannot be "
-                             "perturbed")
-        if not hasattr(current, "headhunter_original"):
-            module.dispatch_attention_fn = perturbing_dispatch(current)
+_PATCH_LOCK = threading.Lock()
+_WRAPPERS: dict[str, Callable] = {}  # module name -> its wrapper (kept: compiled graphs guard on its identity)
+_USERS: dict[str, int] = {}  # module name -> calls in progress that need the wrapper there
 
 
 def perturbing_dispatch(dispatch: Callable) -> Callable:
-    """``dispatch`` (diffusers' ``dispatch_attention_fn``) with the mix of the stand-in call in progress applied."""
+    """``dispatch`` (diffusers' ``dispatch_attention_fn``) with the mix of this thread's stand-in call applied."""
     def dispatch_attention_fn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                               attn_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = dispatch(query, key, value, attn_mask, *args, **kwargs)
@@ -78,12 +78,70 @@ def perturbing_dispatch(dispatch: Callable) -> Callable:
     return dispatch_attention_fn
 
 
-def perturbing(mix: Mix, processor: Callable, *args: Any, **kwargs: Any) -> Any:
-    """``processor(*args, **kwargs)`` with ``mix`` applied to the attention it dispatches."""
+def _acquire(name: str) -> None:
+    module = sys.modules[name]
+    current = getattr(module, "dispatch_attention_fn", None)
+    if current is None:
+        raise ValueError(f"{name} does not call diffusers' dispatch_attention_fn; its heads cannot be perturbed")
+    wrapper = _WRAPPERS.get(name)
+    if current is not wrapper:
+        if wrapper is None or wrapper.headhunter_original is not current:  # first use, or the name was re-bound
+            wrapper = _WRAPPERS[name] = perturbing_dispatch(current)
+        module.dispatch_attention_fn = wrapper
+    _USERS[name] = _USERS.get(name, 0) + 1
+
+
+def _release(name: str) -> None:
+    _USERS[name] -= 1
+    if _USERS[name]:
+        return
+    del _USERS[name]
+    module, wrapper = sys.modules[name], _WRAPPERS[name]
+    if module.dispatch_attention_fn is wrapper:  # (if someone re-bound it meanwhile, theirs stays)
+        module.dispatch_attention_fn = wrapper.headhunter_original
+
+
+@contextmanager
+def dispatch_patched(module_names: Iterable[str]) -> Iterator[None]:
+    """Route ``dispatch_attention_fn`` of each named module through headhunter for the body; diffusers' function is
+    back when the last body that asked for a module ends, raises or is interrupted."""
+    acquired: list[str] = []
+    try:
+        for name in sorted(set(module_names)):
+            with _PATCH_LOCK:
+                _acquire(name)
+                acquired.append(name)
+        yield
+    finally:
+        with _PATCH_LOCK:
+            for name in acquired:
+                _release(name)
+
+
+def patched_modules() -> list[str]:
+    """Modules whose ``dispatch_attention_fn`` is headhunter's wrapper right now (empty outside every call)."""
+    with _PATCH_LOCK:
+        return sorted(name for name, wrapper in _WRAPPERS.items()
+                      if getattr(sys.modules.get(name), "dispatch_attention_fn", None) is wrapper)
+
+
+def perturbing(mix: Mix, where: str, processor: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``processor(*args, **kwargs)`` with ``mix`` applied to the attention it dispatches.
+
+    Raises RuntimeError naming ``where`` (the layer and its processor) when the processor returned without
+    dispatching any attention through headhunter's wrapper: its branch would equal the unperturbed one and guidance
+    would silently be off."""
     previous = getattr(_LOCAL, "mix", None)
     _LOCAL.mix = mix
     try:
-        return processor(*args, **kwargs)
+        out = processor(*args, **kwargs)
+        if _LOCAL.mix is mix:
+            raise RuntimeError(
+                f"{where} was to be perturbed but never called diffusers' dispatch_attention_fn, so nothing was "
+                "mixed (its perturbed branch would equal the unperturbed one); headhunter perturbs processors that "
+                "compute their attention through dispatch_attention_fn, such as diffusers' stock ones"
+            )
+        return out
     finally:
         _LOCAL.mix = previous
 

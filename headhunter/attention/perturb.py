@@ -9,14 +9,10 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from ..heads import HeadLayout, HeadSet, HeadSetLike, unwrap_compiled
-from ..locking import holding_transformer
-from .processors import DispatchPerturbation, SoftPAGProcessor, make_perturbable
+from .install import installed_session
 from .targets import check_target_scope
 
 __all__ = ["check_scope_layers", "perturb"]
-
-
-_STAND_INS = (DispatchPerturbation, SoftPAGProcessor)
 
 
 def check_scope_layers(layout: HeadLayout, layers: Iterable[int], scope: str, text_len: int | None = None) -> None:
@@ -44,7 +40,8 @@ def perturb(
     scope: str = "joint",
     text_len: int | None = None,
 ) -> Iterator[HeadSet]:
-    """Perturb ``heads`` of ``transformer`` in every forward inside the block; the stock processors come back on exit.
+    """Perturb ``heads`` of ``transformer`` in every forward this thread makes inside the block; the layers' own
+    processors come back on exit, also when the block raises or is interrupted.
 
     Example::
 
@@ -63,34 +60,26 @@ def perturb(
     Yields:
         the heads, resolved against the model.
 
-    The transformer's lock is held inside the block, so a pipeline call on it from another thread waits. Blocks do
-    not nest on one transformer.
+    Only this thread's forwards are perturbed: another thread may run the same transformer unperturbed meanwhile.
+    The transformer's lock is held inside the block, so a headhunter call on it from another thread waits. Blocks
+    do not nest on one transformer. A perturbed layer whose processor computes its attention without diffusers'
+    ``dispatch_attention_fn`` raises RuntimeError instead of silently perturbing nothing.
     """
     check_target_scope(target, scope)
     layout = HeadLayout.from_transformer(transformer)
     chosen = HeadSet.coerce(heads).resolve(layout)
     table = chosen.softness_map(layout, softness)
     check_scope_layers(layout, {layer for layer, _ in table}, scope, text_len)
-    module = unwrap_compiled(transformer)
-    parameter = next(module.parameters(), None)
+    parameter = next(unwrap_compiled(transformer).parameters(), None)
     device = parameter.device if parameter is not None and parameter.device.type != "meta" else torch.device("cpu")
     per_layer: dict[int, torch.Tensor] = {}
     for (layer, head), u in table.items():
         per_layer.setdefault(layer, torch.zeros(layout.num_heads, dtype=torch.float32))[head] = u
-    with holding_transformer(module):
-        installed: dict[int, Any] = {}
-        try:
-            for layer, u in sorted(per_layer.items()):
-                attention = layout.attention(module, layer)
-                original = attention.processor
-                if isinstance(original, _STAND_INS):
-                    raise RuntimeError("headhunter.perturb is already active on this transformer (it does not nest)")
-                kind = layout.block_kind(layer)
-                make_perturbable(original, kind)
-                stand_in = DispatchPerturbation(original, u.to(device), target, scope, kind, text_len)
-                installed[layer] = original
-                attention.set_processor(stand_in)
-            yield chosen
-        finally:
-            for layer, original in installed.items():
-                layout.attention(module, layer).set_processor(original)
+    per_layer = {layer: u.to(device) for layer, u in per_layer.items()}  # (moved on to the activations' device once)
+
+    def load(session: Any) -> None:
+        session.load_every_row(per_layer, target, scope, text_len)
+
+    with installed_session(transformer, layout, per_layer, load, target=target, scope=scope, fork=False) as session:
+        session.active = True
+        yield chosen

@@ -1,16 +1,17 @@
-"""The stand-in attention processors that put SoftPAG on a layer (the math is in :mod:`.dispatch` and
-:mod:`.targets`).
+"""The stand-in attention processor that puts SoftPAG on a layer (the math is in :mod:`.dispatch` and
+:mod:`.targets`), and SD3's joint attention through diffusers' dispatch.
 
-- :class:`SoftPAGProcessor` — a pipeline call's layer (:mod:`.install`): the perturbed rows the plan appends, each
-  with its own heads and u; steps and layers without perturbed rows are the stock processor's call.
-- :class:`DispatchPerturbation` — every row of a forward (:func:`headhunter.perturb`).
+- :class:`SoftPAGProcessor` — the one stand-in, made once per layer of a transformer and installed for a call by
+  :mod:`.install`: a pipeline's perturbed rows appended after its base rows (each row with its own heads and u), or
+  every row of a forward (:func:`headhunter.perturb`). Anything else — another thread's forward, a step or a block
+  without perturbed rows — is the layer's own processor's call, unchanged.
 - :class:`JointAttnDispatchProcessor` — SD3 / SD3.5 joint attention through ``dispatch_attention_fn``: diffusers'
-  ``JointAttnProcessor2_0`` calls SDPA itself, so on a perturbed SD3 layer this computes the attention instead.
+  ``JointAttnProcessor2_0`` calls SDPA itself, so on a perturbed SD3 layer this computes the perturbed rows.
 
-A stand-in calls the layer's processor (the stock one, or SD3's dispatching one) inside :func:`.dispatch.perturbing`;
-the attention that processor dispatches gets the target mixed in. Everything a stand-in reads per call is a tensor or
-a value that stays the same between calls of one shape, so a compiled transformer is not recompiled when the heads
-change.
+The stand-in calls the processor that computes the perturbed rows inside :func:`.dispatch.perturbing`; the attention
+that processor dispatches gets the target mixed in, and a processor that dispatches nothing is an error. Everything a
+stand-in reads per call is a tensor or a value that stays the same between calls of one shape, so a compiled
+transformer is not recompiled when the heads change.
 """
 
 from __future__ import annotations
@@ -21,37 +22,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn as _stock_dispatch
 
-from .dispatch import Mix, hook_dispatch, perturbing, perturbing_dispatch, token_slices
+from .dispatch import Mix, perturbing, perturbing_dispatch, token_slices
 
 if TYPE_CHECKING:
     from .install import PerturbationSession
 
-__all__ = ["DispatchPerturbation", "JointAttnDispatchProcessor", "SoftPAGProcessor", "make_perturbable",
-           "mirror_signature"]
+__all__ = ["JointAttnDispatchProcessor", "SoftPAGProcessor"]
 
 
-# SD3's joint attention, through diffusers' dispatch with headhunter's mix (see .dispatch)
+# SD3's joint attention, through diffusers' dispatch with headhunter's mix (see .dispatch); no module global patched
 _dispatch = perturbing_dispatch(_stock_dispatch)
-
-
-def mirror_signature(stand_in: Any, original: Any) -> None:
-    """Make ``stand_in.__call__`` read as ``original.__call__`` to :func:`inspect.signature`: diffusers' attention
-    modules choose the keyword arguments they pass a processor from that signature. (Calls still go to the
-    stand-in's class ``__call__``.)"""
-
-    def signature_only(*args: Any, **kwargs: Any) -> Any:
-        return type(stand_in).__call__(stand_in, *args, **kwargs)
-
-    signature_only.__signature__ = inspect.signature(original.__call__)  # type: ignore[attr-defined]
-    stand_in.__dict__["__call__"] = signature_only
-
-
-def make_perturbable(original: Any, kind: str) -> None:
-    """Get a layer whose stock processor is ``original`` ready for a stand-in: hook the ``dispatch_attention_fn`` of
-    the processor's module. (SD3's joint layers need nothing: their stand-ins compute the attention with
-    :class:`JointAttnDispatchProcessor`, whose dispatch is hooked already.)"""
-    if kind != "joint":
-        hook_dispatch(type(original).__module__)
 
 
 def _states(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -59,6 +39,28 @@ def _states(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | Non
     hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
     context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
     return hidden, context
+
+
+_NOT_GIVEN: Any = object()
+
+# The per-row arguments of a processor call, in their positional order (SD3's ``Attention``, FLUX-style processors)
+_PER_ROW_ARGUMENTS = ("hidden_states", "encoder_hidden_states", "attention_mask")
+
+
+def _rows(args: tuple, kwargs: dict, rows: slice) -> tuple[tuple, dict]:
+    """The processor call's arguments for ``rows`` of the batch."""
+    def take(name: str, value: Any) -> Any:
+        return value[rows] if name in _PER_ROW_ARGUMENTS and isinstance(value, torch.Tensor) else value
+
+    args = tuple(take(name, value) for name, value in zip(_PER_ROW_ARGUMENTS, args)) + args[len(_PER_ROW_ARGUMENTS):]
+    return args, {name: take(name, value) for name, value in kwargs.items()}
+
+
+def _join(first: Any, second: Any) -> Any:
+    """Two processor outputs (a tensor, or a tuple of them) joined along the batch."""
+    if isinstance(first, tuple):
+        return tuple(torch.cat([a, b]) for a, b in zip(first, second))
+    return torch.cat([first, second])
 
 
 def _project(attn: Any, x: torch.Tensor, fused: str, names: tuple[str, str, str]) -> tuple[torch.Tensor, ...]:
@@ -132,94 +134,101 @@ class JointAttnDispatchProcessor:
 
 
 class SoftPAGProcessor:
-    """A pipeline call's stand-in on one layer, made once per transformer and reused by every call (torch.compile
-    guards on the processors' identity and types).
+    """The stand-in on one layer of a transformer, made once and reused by every call (torch.compile guards on the
+    processors' identity and types).
 
-    The session's plan appends perturbed rows after its base rows; this layer mixes the target into those rows with
-    ``u`` ([perturbed rows, heads], set per call by the session). Called with only the base rows (before the fork, on a
-    step where the branch does not run, SD3's skip-layer guidance pass) it is the stock processor's call.
+    While its session is active *in the calling thread*, it mixes the target into the rows the session perturbs: the
+    rows after the session's ``base_rows`` (a pipeline's perturbed rows, ``u`` [perturbed rows, heads]), or every
+    row (:func:`headhunter.perturb`, ``u`` [heads]). Otherwise — another thread, a step where the branch does not
+    run, the base rows before the fork, SD3's skip-layer guidance pass — it is the layer's own processor's call.
+
+    On SD3's joint layers the base rows go through the layer's own processor and only the perturbed rows through
+    :class:`JointAttnDispatchProcessor`, so a user's processor (an attention store, an XLA or NPU processor) still
+    serves every unperturbed row. Elsewhere the layer's own processor computes every row and the mix happens in the
+    attention it dispatches.
 
     Args:
         session: the transformer's :class:`~headhunter.attention.install.PerturbationSession`.
+        layer: the layer's number (``L{layer}``).
         kind: the layer's block kind (:meth:`~headhunter.heads.HeadLayout.block_kind`).
+        name: the attention module's name in the transformer, for errors.
     """
 
-    def __init__(self, session: "PerturbationSession", kind: str):
+    def __init__(self, session: "PerturbationSession", layer: int, kind: str, name: str):
         self.session = session
-        self.kind = kind
+        self.layer, self.kind, self.name = layer, kind, name
         self.u: torch.Tensor | None = None
         self.original: Any = None
-        self.compute: Any = None  # what computes the perturbed call: the stock processor, or SD3's dispatching one
+        self.compute: Any = None  # what computes the perturbed rows: the layer's processor, or SD3's dispatching one
+        self.where = f"L{layer} ({name})"
         self._joint = JointAttnDispatchProcessor() if kind == "joint" else None
-        self._attention_backend = self._parallel_config = None
+        self._accepts: set[str] | None = None
 
     def attach(self, original: Any) -> None:
-        """Stand in for ``original`` (the stock processor), or for nobody (None)."""
+        """Stand in for ``original``, the layer's own processor (kept after the call: another thread that fetched
+        this stand-in just before it was removed still reaches the layer's processor through it)."""
         self.original = original
-        # set_attention_backend writes the user's backend on the processors; read as the stock processor's
-        self._attention_backend = getattr(original, "_attention_backend", None)
-        self._parallel_config = getattr(original, "_parallel_config", None)
-        if original is None:
-            self.compute = None
-            return
         if self._joint is not None:
             self._joint.attach(original)
         self.compute = self._joint or original
-
-    def _perturbs(self, rows: int) -> bool:
-        session = self.session
-        if not session.active or rows <= session.base_rows:
-            return False
-        if rows != session.base_rows + session.perturbed_rows:
-            raise RuntimeError(
-                f"the batch has {rows} rows but the perturbation plan has {session.base_rows} "
-                f"base rows and {session.perturbed_rows} perturbed ones; call the transformer with the batch the plan "
-                "was built for"
-            )
-        return True
-
-    def __call__(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
-        hidden, context = _states(args, kwargs)
-        if not self._perturbs(hidden.shape[0]):
-            return self.original(attn, *args, **kwargs)
-        session = self.session
-        image, text = token_slices(self.kind, session.scope, session.text_len, hidden, context)
-        mix = Mix(self.u, session.base_rows, session.target, session.scope, image, text)
-        return perturbing(mix, self.compute, attn, *args, **kwargs)
-
-
-class DispatchPerturbation:
-    """Stands in for a layer's stock processor and perturbs its heads on every row (:func:`headhunter.perturb`).
-
-    Args:
-        original: the stock processor.
-        u: [heads] softness per head (0 for heads left alone).
-        target, scope: see :mod:`headhunter.attention.targets`.
-        kind: the layer's block kind (:meth:`~headhunter.heads.HeadLayout.block_kind`): where the image tokens are.
-        text_len: text tokens at the start of a single-stream layer's sequence (its image scope needs them).
-    """
-
-    def __init__(self, original: Any, u: torch.Tensor, target: str, scope: str, kind: str, text_len: int | None = None):
-        self.original = original
-        self.compute = JointAttnDispatchProcessor(original) if kind == "joint" else original
-        self.u = u
-        self.target = target
-        self.scope = scope
-        self.kind = kind
-        self.text_len = text_len
+        self.where = f"L{self.layer} ({self.name}, processor {type(original).__name__})"
         parameters = inspect.signature(original.__call__).parameters.values()
         # diffusers passes a processor only the keyword arguments its signature names; so do we
         self._accepts = None if any(p.kind is p.VAR_KEYWORD for p in parameters) else {p.name for p in parameters}
-        mirror_signature(self, original)
 
-    def __getattr__(self, name: str) -> Any:  # _attention_backend, _parallel_config, ... of the stock processor
-        if name == "original":
+    def __getattr__(self, name: str) -> Any:  # _attention_backend, _parallel_config, ... of the layer's processor
+        if name in ("original", "__dict__") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.original, name)
 
-    def __call__(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        attn: Any,
+        *args: Any,
+        # Keyword arguments that diffusers' attention modules pass a processor only when its signature names them
+        # (they read it with inspect.signature; a signature copied from the layer's processor would do, but
+        # torch.compile cannot trace one made outside the graph). Forwarded when given.
+        image_rotary_emb: Any = _NOT_GIVEN,
+        encoder_hidden_states_mask: Any = _NOT_GIVEN,
+        freqs_cis: Any = _NOT_GIVEN,
+        rotary_emb: Any = _NOT_GIVEN,
+        ip_hidden_states: Any = _NOT_GIVEN,
+        ip_adapter_masks: Any = _NOT_GIVEN,
+        kv_cache: Any = _NOT_GIVEN,
+        kv_cache_mode: Any = _NOT_GIVEN,
+        num_txt_tokens: Any = _NOT_GIVEN,
+        num_ref_tokens: Any = _NOT_GIVEN,
+        **kwargs: Any,
+    ) -> Any:
+        for name, value in (("image_rotary_emb", image_rotary_emb), ("encoder_hidden_states_mask",
+                            encoder_hidden_states_mask), ("freqs_cis", freqs_cis), ("rotary_emb", rotary_emb),
+                            ("ip_hidden_states", ip_hidden_states), ("ip_adapter_masks", ip_adapter_masks),
+                            ("kv_cache", kv_cache), ("kv_cache_mode", kv_cache_mode),
+                            ("num_txt_tokens", num_txt_tokens), ("num_ref_tokens", num_ref_tokens)):
+            if value is not _NOT_GIVEN:
+                kwargs[name] = value
         if self._accepts is not None:
             kwargs = {name: value for name, value in kwargs.items() if name in self._accepts}
+        session = self.session
+        if self.u is None or not session.active:  # not perturbed here, or not now, or not in this thread
+            return self.original(attn, *args, **kwargs)
         hidden, context = _states(args, kwargs)
-        image, text = token_slices(self.kind, self.scope, self.text_len, hidden, context)
-        return perturbing(Mix(self.u, 0, self.target, self.scope, image, text), self.compute, attn, *args, **kwargs)
+        rows, base = hidden.shape[0], session.base_rows
+        if rows <= base:
+            return self.original(attn, *args, **kwargs)
+        if session.perturbed_rows is not None and rows != base + session.perturbed_rows:
+            raise RuntimeError(
+                f"the batch has {rows} rows but the perturbation plan has {base} base rows and "
+                f"{session.perturbed_rows} perturbed ones; call the transformer with the batch the plan was built for"
+            )
+        if self.u.device != hidden.device:  # offloaded models: follow the activations, once per call
+            self.u = self.u.to(hidden.device)
+        image, text = token_slices(self.kind, session.scope, session.text_len, hidden, context)
+        if self._joint is not None and base:  # SD3: the base rows keep the layer's own processor
+            own_args, own_kwargs = _rows(args, kwargs, slice(None, base))
+            args, kwargs = _rows(args, kwargs, slice(base, None))
+            own = self.original(attn, *own_args, **own_kwargs)
+            mix = Mix(self.u, 0, session.target, session.scope, image, text)
+            return _join(own, perturbing(mix, self.where, self.compute, attn, *args, **kwargs))
+        mix = Mix(self.u, base, session.target, session.scope, image, text)
+        return perturbing(mix, self.where, self.compute, attn, *args, **kwargs)
