@@ -253,3 +253,24 @@ def test_chroma_forks_carry_the_mask_under_gradient_checkpointing():
     assert (forked[:2] - stock).abs().max() <= 1e-5
     assert (forked[2:] - torch.cat(alone)).abs().max() <= 1e-5
     assert (forked[2:] - stock).abs().max() > 1e-3  # the heads act
+
+
+def test_a_guiders_armed_call_belongs_to_the_thread_that_armed_it():
+    """The guider arms the perturbation for its denoiser's next call; another thread's call meanwhile is stock, and
+    the armed call is still the arming thread's."""
+    from headhunter.attention import around_next_call
+
+    transformer, inputs = tiny_transformer("qwenimage", batch=1)
+    stock = _forward(transformer, inputs)
+    with perturb(transformer, "L0H1,L1"):
+        perturbed = _forward(transformer, inputs)
+    disarm = around_next_call(transformer, lambda: perturb(transformer, "L0H1,L1"))
+    other = {}
+    thread = threading.Thread(target=lambda: other.update(out=_forward(transformer, inputs)))
+    thread.start()
+    thread.join(timeout=30)
+    assert headhunter.installed(transformer)  # still armed for this thread
+    mine = _forward(transformer, inputs)
+    disarm()
+    assert torch.equal(other["out"], stock) and torch.equal(mine, perturbed)
+    assert not torch.equal(stock, perturbed) and headhunter.installed(transformer) == []

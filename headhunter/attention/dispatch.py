@@ -7,8 +7,9 @@ module, that name is headhunter's wrapper: it calls diffusers' function with the
 backend — native, flash, sage, xformers — serves every head) and, only while one of headhunter's stand-in processors
 of *this thread* is inside its call (:func:`perturbing`), mixes the SoftPAG target into the rows and heads that call
 perturbs. A new model needs its layout in :data:`headhunter.heads.MODELS`, not new attention code. (SD3's stock
-processor calls SDPA itself; on a perturbed SD3 layer :class:`~headhunter.attention.processors.JointAttnDispatchProcessor`
-computes the perturbed rows' attention through the same wrapper.)
+processor calls SDPA itself; on a perturbed SD3 layer
+:class:`~headhunter.attention.processors.JointAttnDispatchProcessor` computes the perturbed rows' attention through
+the same wrapper.)
 
 Why a module global, and why it is safe: a processor's ``__call__`` looks the name up in its module at every call, and
 it is the only place every model's attention passes through with q, k and v in hand. The alternatives weighed:

@@ -293,9 +293,9 @@ def perturbed_heads(
 
 
 def around_next_call(module: torch.nn.Module, context: Callable[[], ContextManager]) -> Callable[[], None]:
-    """Run ``module``'s next call inside ``context()`` (entered when the call starts, exited when it returns, raises
-    or is interrupted), then restore the module as it was. Returns a function that disarms it if that call never
-    comes (idempotent).
+    """Run ``module``'s next call from this thread inside ``context()`` (entered when the call starts, exited when it
+    returns, raises or is interrupted), then restore the module as it was; other threads' calls meanwhile pass
+    through. Returns a function that disarms it if that call never comes (idempotent).
 
     The wrapper goes where the call enters compiled code, so a compiled module is entered with the context already
     open: an ``OptimizedModule``'s ``forward``, a module compiled in place's ``_compiled_call_impl``, else the
@@ -312,8 +312,12 @@ def around_next_call(module: torch.nn.Module, context: Callable[[], ContextManag
             else:
                 module.__dict__[attribute] = before
 
+    owner = threading.get_ident()
+
     @functools.wraps(inner)
     def call(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != owner:
+            return inner(*args, **kwargs)
         disarm()
         with context():
             return inner(*args, **kwargs)

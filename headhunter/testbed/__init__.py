@@ -9,4 +9,5 @@ from .data import COLORS, POSITIONS, SHAPES, STYLES, Scene, all_scenes, apply_st
 # The trained toy models shipped with the package (loaded by ``headhunter.testing.toy_pipeline`` and ``--model``)
 TOY_MODELS = ("toy-shapes",)
 
-__all__ = ["COLORS", "POSITIONS", "SHAPES", "STYLES", "Scene", "TOY_MODELS", "all_scenes", "apply_style", "parse_prompt", "render"]
+__all__ = ["COLORS", "POSITIONS", "SHAPES", "STYLES", "Scene", "TOY_MODELS", "all_scenes", "apply_style",
+           "parse_prompt", "render"]
