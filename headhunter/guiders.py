@@ -86,6 +86,7 @@ class HeadHunterGuidance(BaseGuidance):
         self.pag_scope = pag_scope
         self.pag_adaptive_scale = float(pag_adaptive_scale)
         self._disarm: Callable[[], None] | None = None
+        self._w_t: float | None = None  # w_t of the current step (see set_state)
 
     @classmethod
     def from_preset(cls, preset: str | os.PathLike, **overrides: Any) -> "HeadHunterGuidance":
@@ -102,20 +103,32 @@ class HeadHunterGuidance(BaseGuidance):
         """Perturb ``heads`` from the next step on (its config follows, so ``save_pretrained`` writes them)."""
         self.heads = HeadSet.parse(heads) if isinstance(heads, str) else HeadSet.coerce(heads)
         self.register_to_config(heads=str(self.heads))
+        self._w_t = None
 
     # --- which passes run this step ---------------------------------------------------------------------------------
     def _cfg_on(self) -> bool:
         return self._enabled and self.guidance_scale > 1.0
 
-    def _scale_now(self) -> float:
-        """``w_t`` of the current step (0 outside ``[start, stop)`` or when nothing is perturbed)."""
+    def set_state(self, step: int, num_inference_steps: int, timestep: torch.Tensor) -> None:
+        super().set_state(step, num_inference_steps, timestep)
+        self._w_t = self._scale_at(step, num_inference_steps, timestep)
+
+    def _scale_at(self, step: int | None, num_inference_steps: int | None, timestep: Any) -> float:
+        """``w_t`` of a step (0 outside ``[start, stop)`` or when nothing is perturbed). The timestep is read back from
+        the device only when the adaptive scale needs it: at most once a step, never with ``pag_adaptive_scale=0``."""
         if not self._enabled or not self.heads or self.pag_scale == 0:
             return 0.0
-        if self._num_inference_steps is not None and not in_interval(self._step, self._num_inference_steps,
-                                                                     (self._start, self._stop)):
+        if num_inference_steps is not None and not in_interval(step, num_inference_steps, (self._start, self._stop)):
             return 0.0
-        t = 1000.0 if self._timestep is None else float(torch.as_tensor(self._timestep).flatten()[0])
-        return adaptive_scale(self.pag_scale, self.pag_adaptive_scale, t)
+        if self.pag_adaptive_scale == 0 or timestep is None:
+            return adaptive_scale(self.pag_scale, self.pag_adaptive_scale, 1000.0)
+        return adaptive_scale(self.pag_scale, self.pag_adaptive_scale, float(torch.as_tensor(timestep).flatten()[0]))
+
+    def _scale_now(self) -> float:
+        """``w_t`` of the current step, worked out once in :meth:`set_state`."""
+        if getattr(self, "_w_t", None) is None:  # before the first set_state (or after new settings)
+            self._w_t = self._scale_at(self._step, self._num_inference_steps, self._timestep)
+        return self._w_t
 
     def _predictions(self) -> list[tuple[int, str]]:
         """(index into the (conditional, unconditional) inputs, prediction name) of each pass, in order."""
