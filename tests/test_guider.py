@@ -267,3 +267,30 @@ def test_the_guider_reads_the_timestep_back_at_most_once_a_step(monkeypatch, ada
     guider = HeadHunterGuidance(heads="L0H1", pag_scale=2.0, guidance_scale=2.0, pag_adaptive_scale=adaptive)
     generate("qwenimage", transformer, guider, inputs)  # 3 steps, 3 passes each
     assert len(seen) == (0 if adaptive == 0 else 3), seen
+
+
+def test_the_guided_loop_inspects_no_signature_of_headhunters_own():
+    """Installing the stand-ins reads each processor class's signature once for the process, not once per pass."""
+    import inspect
+    import traceback
+    from pathlib import Path
+
+    import headhunter
+
+    ours = str(Path(headhunter.__file__).parent)
+    transformer, _ = tiny_transformer("qwenimage")
+    inputs = embeddings("qwenimage", transformer)
+    guider = HeadHunterGuidance(heads="L0H1,L1", pag_scale=2.0)
+    generate("qwenimage", transformer, guider, inputs)  # the first call may read the classes' signatures
+    seen, signature = [], inspect.signature
+
+    def spy(*args, **kwargs):
+        caller = traceback.extract_stack(limit=2)[0]
+        if caller.filename.startswith(ours):
+            seen.append((caller.filename, caller.lineno))
+        return signature(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inspect, "signature", spy)
+        generate("qwenimage", transformer, guider, inputs)  # 3 steps, a perturbed pass in each
+    assert seen == []

@@ -16,6 +16,7 @@ transformer is not recompiled when the heads change.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,15 @@ def _rows(args: tuple, kwargs: dict, rows: slice) -> tuple[tuple, dict]:
 
     args = tuple(take(name, value) for name, value in zip(_PER_ROW_ARGUMENTS, args)) + args[len(_PER_ROW_ARGUMENTS):]
     return args, {name: take(name, value) for name, value in kwargs.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted_keywords(processor_class: type) -> frozenset[str] | None:
+    """The keyword arguments a processor class takes (None: any). diffusers passes a processor only those its
+    signature names; so does the stand-in. Read once per class, not at every installation (a guider installs per
+    pass)."""
+    parameters = inspect.signature(processor_class.__call__).parameters.values()
+    return None if any(p.kind is p.VAR_KEYWORD for p in parameters) else frozenset(p.name for p in parameters)
 
 
 def _join(first: Any, second: Any) -> Any:
@@ -162,7 +172,7 @@ class SoftPAGProcessor:
         self.compute: Any = None  # what computes the perturbed rows: the layer's processor, or SD3's dispatching one
         self.where = f"L{layer} ({name})"
         self._joint = JointAttnDispatchProcessor() if kind == "joint" else None
-        self._accepts: set[str] | None = None
+        self._accepts: frozenset[str] | None = None
 
     def attach(self, original: Any) -> None:
         """Stand in for ``original``, the layer's own processor (kept after the call: another thread that fetched
@@ -172,9 +182,7 @@ class SoftPAGProcessor:
             self._joint.attach(original)
         self.compute = self._joint or original
         self.where = f"L{self.layer} ({self.name}, processor {type(original).__name__})"
-        parameters = inspect.signature(original.__call__).parameters.values()
-        # diffusers passes a processor only the keyword arguments its signature names; so do we
-        self._accepts = None if any(p.kind is p.VAR_KEYWORD for p in parameters) else {p.name for p in parameters}
+        self._accepts = _accepted_keywords(type(original))
 
     def __getattr__(self, name: str) -> Any:  # _attention_backend, _parallel_config, ... of the layer's processor
         if name in ("original", "__dict__") or name.startswith("__"):
