@@ -17,7 +17,7 @@ __all__ = ["adaptive_scale", "check_interval", "guided_prediction", "in_interval
 def guided_prediction(
     v_cond: torch.Tensor,
     v_pert: torch.Tensor | None,
-    pag_scale: float,
+    pag_scale: float | torch.Tensor,
     v_uncond: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
 ) -> torch.Tensor:
@@ -26,9 +26,10 @@ def guided_prediction(
     ``v_pert`` None (branch not run this step) drops the perturbation term — and then the result is the stock CFG
     step, computed as diffusers computes it (in the model's dtype). With the perturbation term the three branches are
     combined in at least fp32 and the result cast back: in bf16, ``w·(v_c − v̂)`` with w up to 8 would carry the
-    rounding of two nearly equal predictions eight-fold. ``v_uncond`` None drops CFG.
+    rounding of two nearly equal predictions eight-fold. ``v_uncond`` None drops CFG. ``pag_scale`` may be a 0-d
+    tensor (a scale computed on the device), which is never read back.
     """
-    if v_pert is None or pag_scale == 0:
+    if v_pert is None or not isinstance(pag_scale, torch.Tensor) and pag_scale == 0:
         if v_uncond is None:
             return v_cond
         return v_uncond + guidance_scale * (v_cond - v_uncond)

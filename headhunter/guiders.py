@@ -13,22 +13,41 @@ with ``w_t`` the PAG scale (lowered by ``pag_adaptive_scale`` as diffusers' PAG 
 the perturbed pass always takes the *conditional* inputs (also with CFG off), perturbs individual heads on any
 attention backend, and works on SD3's joint attention.
 
-Nothing is left installed between passes: :meth:`HeadHunterGuidance.prepare_models` arms the perturbation for the
-denoiser's next call only, and that call takes it off again when it returns, raises or is interrupted (diffusers'
-modular loops call ``cleanup_models`` only after a pass that succeeded).
+Two ways to run it:
+
+- **Attached** (fast; what :class:`~headhunter.pipelines.HeadHunterModularPipeline` does)::
+
+      with guider.attached(pipe.transformer):
+          image = pipe(prompt=..., ...)
+
+  The perturbation is installed once for the whole call (switched on for the perturbed passes only, so a compiled
+  transformer keeps its graphs), the per-layer u is made once on the execution device, and with ``share_prefix``
+  the perturbed pass starts from the conditional pass's activations at the first perturbed layer instead of running
+  the blocks before it again (:mod:`headhunter.attention.prefix`). Everything comes off when the block ends or raises.
+- **Bare** (a guider given to a modular pipeline as is): :meth:`HeadHunterGuidance.prepare_models` installs the
+  perturbation for the denoiser's next call only, and that call takes it off again when it returns, raises or is
+  interrupted (diffusers' modular loops call ``cleanup_models`` only after a pass that succeeded). No prefix reuse.
+
+Either way the step reads nothing back from the device: ``w_t`` is a Python number, or, with the adaptive scale, a
+tensor computed on the timestep's device (the perturbed pass then runs on every step of the interval, as whether
+``w_t`` has reached 0 is not known on the host; end the interval with ``stop`` to save those passes).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
 
 from .attention import around_next_call, check_target_scope, perturb
+from .attention.install import PerturbationSession
+from .attention.perturb import per_row_heads, perturbation
+from .heads import unwrap_compiled
 from .guidance import adaptive_scale, guided_prediction, in_interval
 from .heads import HeadSet, load_preset
 
@@ -39,7 +58,9 @@ class HeadHunterGuidance(BaseGuidance):
     """Head-level perturbation guidance (SoftPAG) as a ``diffusers.guiders`` guider.
 
     Args:
-        heads: the heads to perturb, ``"L13H17@0.5,L2"`` (``L{layer}H{head}``, see the README's model table).
+        heads: the heads to perturb, ``"L13H17@0.5,L2"`` (``L{layer}H{head}``, see the README's model table); or a
+            list of head sets, one per image of the batch (``["L13H17", "", "L2"]``; an image without heads gets no
+            perturbation term), like ``pag_heads`` in headhunter's pipelines.
         pag_scale: ``w``, the perturbation-guidance scale (0 turns the perturbed pass off).
         guidance_scale: ``g``, classifier-free guidance, on when ``g > 1`` (an unconditional pass); ``g ≤ 1`` — 0
             included — is off, as in headhunter's pipelines (diffusers' own guiders would run CFG at g = 0).
@@ -49,6 +70,10 @@ class HeadHunterGuidance(BaseGuidance):
         pag_adaptive_scale: ``a`` in ``w_t = max(0, w − a·(1000 − t))``; 0 keeps ``w``.
         start, stop: the fraction of the steps where the perturbed pass runs (``pag_interval``).
         enabled: False turns the guider into plain conditional prediction.
+        share_prefix: when attached (:meth:`attached`), start the perturbed pass from the conditional pass's
+            activations at the first perturbed layer (True), at layer n or the first perturbed layer, whichever comes
+            first (an int: keeps a compiled transformer on one graph while the heads move), or not at all (False).
+            Bit for bit the same prediction; the blocks before that layer are not run again.
 
     Saved and loaded with ``save_pretrained`` / ``from_pretrained`` (``guider_config.json``); a search's
     ``selected.json`` becomes one with :meth:`from_preset`.
@@ -69,6 +94,7 @@ class HeadHunterGuidance(BaseGuidance):
         start: float = 0.0,
         stop: float = 1.0,
         enabled: bool = True,
+        share_prefix: bool | int = True,
     ):
         super().__init__(start, stop, enabled)
         for name, value in (("pag_scale", pag_scale), ("guidance_scale", guidance_scale),
@@ -78,15 +104,22 @@ class HeadHunterGuidance(BaseGuidance):
         if not 0.0 <= float(pag_softness) <= 1.0:
             raise ValueError(f"pag_softness must be in [0, 1], got {pag_softness!r}")
         check_target_scope(pag_target, pag_scope)
-        self.heads = HeadSet.parse(heads) if isinstance(heads, str) else HeadSet.coerce(heads)
+        self.heads = _head_sets(heads)
         self.pag_scale = float(pag_scale)
         self.guidance_scale = float(guidance_scale)
         self.pag_softness = float(pag_softness)
         self.pag_target = pag_target
         self.pag_scope = pag_scope
         self.pag_adaptive_scale = float(pag_adaptive_scale)
+        if isinstance(share_prefix, bool) or isinstance(share_prefix, int) and share_prefix >= 0:
+            self.share_prefix = share_prefix
+        else:
+            raise ValueError(f"share_prefix must be True, False or a layer number >= 0, got {share_prefix!r}")
         self._disarm: Callable[[], None] | None = None
-        self._w_t: float | None = None  # w_t of the current step (see set_state)
+        self._w_t: float | torch.Tensor | None = None  # w_t of the current step (see set_state)
+        self._attached: tuple[torch.nn.Module, PerturbationSession] | None = None
+        self._scheduler: Any = None  # the attached call's scheduler, for the adaptive scale's schedule
+        self._schedule: list[float] | None = None
 
     @classmethod
     def from_preset(cls, preset: str | os.PathLike, **overrides: Any) -> "HeadHunterGuidance":
@@ -100,10 +133,45 @@ class HeadHunterGuidance(BaseGuidance):
         return cls(**{**settings, **overrides})
 
     def set_heads(self, heads: Any) -> None:
-        """Perturb ``heads`` from the next step on (its config follows, so ``save_pretrained`` writes them)."""
-        self.heads = HeadSet.parse(heads) if isinstance(heads, str) else HeadSet.coerce(heads)
-        self.register_to_config(heads=str(self.heads))
+        """Perturb ``heads`` (one head set, or a list of them, one per image) from the next call on (its config
+        follows, so ``save_pretrained`` writes them). Not while attached: the installed perturbation is the old one."""
+        if self._attached is not None:
+            raise RuntimeError("set_heads inside guider.attached(...): set the heads before the block")
+        self.heads = _head_sets(heads)
+        self.register_to_config(heads=[str(h) for h in self.heads] if isinstance(self.heads, list) else str(self.heads))
         self._w_t = None
+
+    @property
+    def perturbs(self) -> bool:
+        """Whether some image has heads to perturb."""
+        return any(self.heads) if isinstance(self.heads, list) else bool(self.heads)
+
+    @contextmanager
+    def attached(self, denoiser: torch.nn.Module, scheduler: Any = None) -> Iterator["HeadHunterGuidance"]:
+        """Install the perturbation on ``denoiser`` once for the body (a whole pipeline call), switched on for the
+        perturbed passes only, with prefix reuse (``share_prefix``); taken off when the body ends or raises. The
+        transformer's lock is held throughout. Without it the guider installs per perturbed pass.
+
+        ``scheduler`` (the pipeline's): with the adaptive scale, its timesteps are read once per call instead of a
+        timestep per step (which waits for an accelerator)."""
+        if self._attached is not None:
+            raise RuntimeError("this guider is already attached; attach blocks do not nest")
+        self._scheduler, self._schedule = scheduler, None
+        try:
+            if not self.perturbs or not self._enabled:
+                yield self
+                return
+            settings = dict(softness=self.pag_softness, target=self.pag_target, scope=self.pag_scope,
+                            share_prefix=self.share_prefix)
+            with perturbation(denoiser, self.heads, **settings) as session:
+                self._attached = (unwrap_compiled(denoiser), session)
+                try:
+                    yield self
+                finally:
+                    self._attached = None
+                    self.cleanup_models(denoiser)
+        finally:
+            self._scheduler, self._schedule = None, None
 
     # --- which passes run this step ---------------------------------------------------------------------------------
     def _cfg_on(self) -> bool:
@@ -113,18 +181,39 @@ class HeadHunterGuidance(BaseGuidance):
         super().set_state(step, num_inference_steps, timestep)
         self._w_t = self._scale_at(step, num_inference_steps, timestep)
 
-    def _scale_at(self, step: int | None, num_inference_steps: int | None, timestep: Any) -> float:
-        """``w_t`` of a step (0 outside ``[start, stop)`` or when nothing is perturbed). The timestep is read back from
-        the device only when the adaptive scale needs it: at most once a step, never with ``pag_adaptive_scale=0``."""
-        if not self._enabled or not self.heads or self.pag_scale == 0:
+    def _scale_at(self, step: int | None, num_inference_steps: int | None, timestep: Any) -> float | torch.Tensor:
+        """``w_t`` of a step: 0 outside ``[start, stop)`` or when nothing is perturbed, else ``w``, lowered by the
+        adaptive scale to ``max(0, w − a·(1000 − t))``. A timestep on an accelerator is never read back in the step:
+        attached with the scheduler, the whole schedule is read once per call; else ``w_t`` is a 0-d tensor computed
+        on the device (and the perturbed pass runs, as whether it reached 0 is not known on the host)."""
+        if not self._enabled or not self.perturbs or self.pag_scale == 0:
             return 0.0
         if num_inference_steps is not None and not in_interval(step, num_inference_steps, (self._start, self._stop)):
             return 0.0
         if self.pag_adaptive_scale == 0 or timestep is None:
             return adaptive_scale(self.pag_scale, self.pag_adaptive_scale, 1000.0)
-        return adaptive_scale(self.pag_scale, self.pag_adaptive_scale, float(torch.as_tensor(timestep).flatten()[0]))
+        t = self._timestep_on_host(step, timestep)
+        if t is None:
+            t = torch.as_tensor(timestep).flatten()[0].float()
+            return (self.pag_scale - self.pag_adaptive_scale * (1000.0 - t)).clamp(min=0.0)
+        return adaptive_scale(self.pag_scale, self.pag_adaptive_scale, t)
 
-    def _scale_now(self) -> float:
+    def _timestep_on_host(self, step: int | None, timestep: Any) -> float | None:
+        """The timestep as a Python number where that costs no device sync: from the attached scheduler's schedule
+        (read once per call), a number, or a CPU tensor; else None."""
+        scheduler = self._scheduler
+        if scheduler is not None and step is not None and getattr(scheduler, "timesteps", None) is not None:
+            if self._schedule is None or step == 0:
+                self._schedule = scheduler.timesteps.detach().float().cpu().tolist()  # one read per call
+            if step < len(self._schedule):
+                return self._schedule[step]
+        if not isinstance(timestep, torch.Tensor):
+            return float(timestep)
+        if timestep.device.type == "cpu":
+            return float(timestep.flatten()[0])
+        return None
+
+    def _scale_now(self) -> float | torch.Tensor:
         """``w_t`` of the current step, worked out once in :meth:`set_state`."""
         if getattr(self, "_w_t", None) is None:  # before the first set_state (or after new settings)
             self._w_t = self._scale_at(self._step, self._num_inference_steps, self._timestep)
@@ -135,7 +224,7 @@ class HeadHunterGuidance(BaseGuidance):
         passes = [(0, "pred_cond")]
         if self._cfg_on():
             passes.append((1, "pred_uncond"))
-        if self._scale_now() > 0:
+        if _positive(self._scale_now()):
             passes.append((0, "pred_cond_perturbed"))  # the conditional inputs, with CFG on or off
         return passes
 
@@ -159,7 +248,15 @@ class HeadHunterGuidance(BaseGuidance):
         self._count_prepared += 1
         self.cleanup_models(denoiser)  # a pass prepared but never run (its inputs failed) leaves nothing armed
         passes = self._predictions()
-        if passes[self._count_prepared - 1][1] == "pred_cond_perturbed":
+        name = passes[self._count_prepared - 1][1]
+        if self._attached is not None and self._attached[0] is unwrap_compiled(denoiser):
+            session = self._attached[1]
+            if name == "pred_cond_perturbed":
+                self._disarm = around_next_call(denoiser, lambda: session.branch(perturbed=True, prefix="replay"
+                                                                                 if session.prefix_layer else None))
+            elif name == "pred_cond" and session.prefix_layer and passes[-1][1] == "pred_cond_perturbed":
+                self._disarm = around_next_call(denoiser, lambda: session.branch(perturbed=False, prefix="record"))
+        elif name == "pred_cond_perturbed":
             settings = dict(softness=self.pag_softness, target=self.pag_target, scope=self.pag_scope)
             self._disarm = around_next_call(denoiser, lambda: perturb(denoiser, self.heads, **settings))
 
@@ -173,3 +270,15 @@ class HeadHunterGuidance(BaseGuidance):
         pred = guided_prediction(pred_cond, pred_cond_perturbed, self._scale_now(), pred_uncond,
                                  self.guidance_scale if pred_uncond is not None else 1.0)
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+
+def _head_sets(heads: Any) -> HeadSet | list[HeadSet]:
+    """One head set, or a list of them (one per image)."""
+    if per_row_heads(heads):
+        return [HeadSet.coerce(h) for h in heads]
+    return HeadSet.parse(heads) if isinstance(heads, str) else HeadSet.coerce(heads)
+
+
+def _positive(scale: float | torch.Tensor) -> bool:
+    """Whether the perturbed pass runs: a device-side (adaptive) ``w_t`` is not read back, so it counts as positive."""
+    return isinstance(scale, torch.Tensor) or scale > 0

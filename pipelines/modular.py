@@ -2,8 +2,9 @@
 :class:`~headhunter.guiders.HeadHunterGuidance` behind the call of the HeadHunter pipelines, so the search, the
 evaluation and the command line run on these models unchanged.
 
-Each image is its own call of the modular pipeline: the guider perturbs one head set per call (a head set per image
-of a batch would need the per-row plans of the SD3 / FLUX.1 pipelines).
+A call is one batched call of the modular pipeline, each image with its own prompt, generator and head set (the
+guider perturbs a head set per row of the perturbed pass), under :meth:`HeadHunterGuidance.attached`: the
+perturbation is installed once for the call and the perturbed pass reuses the conditional pass's prefix.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class HeadHunterModularPipeline:
         self.transformer = modular.transformer
         self.head_layout = HeadLayout.from_transformer(self.transformer)
         self.name_or_path = name_or_path
-        self.share_prefix = False  # the guider runs the perturbed pass on its own
+        self.share_prefix = True  # the guider's perturbed pass starts from the conditional pass's prefix
         self._guider: HeadHunterGuidance | None = None
         self._guider_settings: dict | None = None
 
@@ -96,9 +97,12 @@ class HeadHunterModularPipeline:
         if unknown:
             raise ValueError(f"{self.name_or_path or 'this pipeline'} does not take {', '.join(unknown)}")
         kwargs = {name: value for name, value in kwargs.items() if value is not None}
+        if len(prompts) > 1 and "negative_prompt" in accepted and not isinstance(kwargs.get("negative_prompt"), list):
+            # diffusers 0.42's Qwen-Image text step encodes a string negative prompt once, not once per prompt, and
+            # then refuses the batch (its input step wants both embeddings the same size)
+            kwargs["negative_prompt"] = [kwargs.get("negative_prompt") or ""] * len(prompts)
         cfg = float(guidance_scale) if guidance_scale is not None and guidance_scale > 1 else 1.0
         start, stop = (float(x) for x in pag_interval)
-        images = []
         heads_per_image = [HeadSet.coerce(heads).validate(self.head_layout) for heads in plans]
         for heads in heads_per_image:  # before any image is made (the guider perturbs without text_len)
             check_scope_layers(self.head_layout, {head.layer for head in heads}, pag_scope)
@@ -106,11 +110,12 @@ class HeadHunterModularPipeline:
                         pag_scope=pag_scope, pag_adaptive_scale=pag_adaptive_scale, start=start, stop=stop)
         with holding_transformer(self.transformer):
             guider = self._guider_for(settings)
-            for text, gen, heads in zip(prompts, generators, heads_per_image):
-                guider.set_heads(heads)
-                out = self.modular(prompt=text, generator=gen, num_inference_steps=num_inference_steps, height=height,
-                                   width=width, output="images", **kwargs)
-                images.append(out[0] if isinstance(out, (list, tuple)) else out)
+            same = all(str(heads) == str(heads_per_image[0]) for heads in heads_per_image)
+            guider.set_heads(heads_per_image[0] if same else heads_per_image)
+            with guider.attached(self.transformer, getattr(self.modular, "scheduler", None)):
+                out = self.modular(prompt=prompts, generator=list(generators), num_inference_steps=num_inference_steps,
+                                   height=height, width=width, output="images", **kwargs)
+            images = list(out) if isinstance(out, (list, tuple)) else [out]
         if output_type == "pt":
             return SimpleNamespace(images=torch.stack([_to_tensor(image) for image in images]))
         return SimpleNamespace(images=images)

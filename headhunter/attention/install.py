@@ -34,6 +34,7 @@ from ..heads import HeadLayout, unwrap_compiled
 from ..locking import holding_transformer, lock_owner
 from .dispatch import dispatch_patched, patched_modules
 from .plan import PerturbationPlan
+from .prefix import PrefixReuse, prefix_installed
 from .processors import JointAttnDispatchProcessor, SoftPAGProcessor
 
 __all__ = ["PerturbationSession", "around_next_call", "compile_mode", "installed", "perturbed_heads"]
@@ -108,6 +109,7 @@ class PerturbationSession:
         self.eager_block_hooks = [_EagerForkHook(self, n) for n in names]
         self.norm_hook = self._fork_norm_inputs
         self.plan: PerturbationPlan | None = None
+        self.prefix = PrefixReuse()
         self.loaded = False
         self._thread = threading.local()  # .active: this thread's call has the branch on
         self._clear()
@@ -125,6 +127,7 @@ class PerturbationSession:
         self.base_rows, self.perturbed_rows = 0, None
         self.target, self.scope, self.text_len = "identity", "joint", None
         self.fork_index = None
+        self.prefix_layer = 0
         for processor in self.processors:
             processor.u = None
         for hook in (*self.block_hooks, *self.eager_block_hooks):
@@ -145,12 +148,27 @@ class PerturbationSession:
             self.block_hooks[layer].on = self.eager_block_hooks[layer].on = layer >= plan.fork_layer
 
     def load_every_row(self, u: dict[int, torch.Tensor], target: str, scope: str, text_len: int | None) -> None:
-        """Perturb every row of a forward: ``u[layer]`` ([heads]) on the layers it names (:func:`perturb`)."""
+        """Perturb every row of a forward (:func:`perturb`): ``u[layer]`` on the layers it names, [heads] for every
+        row alike or [rows, heads] for a batch of exactly that many rows, each with its own heads."""
         self.load(None)
         self.loaded = True
         self.target, self.scope, self.text_len = target, scope, text_len
         for layer, layer_u in u.items():
             self.processors[layer].u = layer_u
+            if layer_u.ndim == 2:
+                self.perturbed_rows = layer_u.shape[0]
+
+    @contextmanager
+    def branch(self, *, perturbed: bool, prefix: str | None = None) -> Iterator[None]:
+        """One forward of this thread with the perturbation on (``perturbed``) or off, the blocks before the fork
+        recording or replaying their outputs (``prefix``: None, ``"record"``, ``"replay"``; see
+        :mod:`.prefix`); everything is off again when the forward returns, raises or is interrupted."""
+        with self.prefix.pass_(prefix):
+            self.active = perturbed
+            try:
+                yield
+            finally:
+                self.active = False
 
     # the fork: perturbed rows are copies of conditional rows, appended where the shared prefix ends ------------------
     def fork(self, x: Any) -> Any:
@@ -213,9 +231,11 @@ def installed_session(
     target: str,
     scope: str,
     fork: bool,
+    prefix_layer: int = 0,
 ) -> Iterator[PerturbationSession]:
     """The transformer's session, loaded by ``load`` and installed on ``layers`` (every layer when the transformer is
-    compiled) with the fork hooks when ``fork``, for the body; the transformer's lock is held throughout. On exit —
+    compiled) with the fork hooks when ``fork`` and prefix reuse on the blocks before ``prefix_layer`` (see
+    :mod:`.prefix`), for the body; the transformer's lock is held throughout. On exit —
     also when the body raises or is interrupted — the layers' own processors are back, the hooks removed, diffusers'
     ``dispatch_attention_fn`` restored (when no other call needs it) and the lock released."""
     module = unwrap_compiled(transformer)
@@ -231,9 +251,10 @@ def installed_session(
         # SD3's joint layers dispatch through headhunter's own processor; every other layer through its module's name
         modules = {type(p).__module__ for layer, p in originals.items() if layout.block_kind(layer) != "joint"}
         handles = []
-        with dispatch_patched(modules):
+        with dispatch_patched(modules), prefix_installed(module, layout, session.prefix, prefix_layer):
             try:
                 load(session)
+                session.prefix_layer = prefix_layer
                 for layer, original in originals.items():
                     stand_in = session.processors[layer]
                     stand_in.attach(original)
@@ -342,6 +363,9 @@ def installed(transformer: torch.nn.Module) -> list[str]:
             if getattr(owner.__dict__.get(attribute), "headhunter_next_call", False):
                 found.append(f"{type(owner).__name__}.{attribute}: a guider's wrapper for its next call")
     for name, child in module.named_modules():
+        for attribute in ("forward", "_compiled_call_impl"):
+            if getattr(child.__dict__.get(attribute), "headhunter_prefix", False):
+                found.append(f"{name}.{attribute}: prefix reuse")
         processor = getattr(child, "processor", None)
         if isinstance(processor, _STAND_INS):
             found.append(f"{name}.processor: {type(processor).__name__}")

@@ -90,6 +90,11 @@ class HeadLayout:
         """The attention module of ``layer`` (cross-attention and SD3.5's image-only ``attn2`` are never addressed)."""
         return getattr(self.block(transformer, layer), self._locate(layer)[1])
 
+    def stack(self, layer: int) -> str:
+        """The name of the block list that holds ``layer`` (``transformer_blocks``, ``single_transformer_blocks``,
+        ``layers``, ``blocks``)."""
+        return self._locate(layer)[0]
+
     def block_kind(self, layer: int) -> str:
         """``"joint"`` (SD3), ``"double"`` or ``"single"`` (FLUX.1, Chroma, FLUX.2; Qwen-Image is double, Z-Image
         single), ``"self"`` (Wan's self-attention)."""
