@@ -145,9 +145,12 @@ def check_image_size(pipe: Any, height: int | None, width: int | None) -> None:
     transformer's position-embedding grid. ``None`` means the pipeline's default."""
     config = pipe.transformer.config
     family = HeadLayout.from_transformer(pipe.transformer).model_type
-    # FLUX.1's, Chroma's and FLUX.2's pipelines pack 2×2 latent patches themselves; Z-Image lists its patch sizes
+    # FLUX.1's, Chroma's and FLUX.2's pipelines pack 2×2 latent patches themselves; Z-Image lists its patch sizes;
+    # Wan's is (frames, height, width)
     if family in ("flux", "chroma", "flux2"):
         patch = 2
+    elif family == "wan":
+        patch = int(config.patch_size[1])
     else:
         patch = int(config.all_patch_size[0] if family == "zimage" else config.patch_size)
     multiple = int(pipe.vae_scale_factor) * patch

@@ -11,7 +11,18 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["adaptive_scale", "check_interval", "guided_prediction", "in_interval", "scatter_perturbed"]
+__all__ = ["adaptive_scale", "check_interval", "default_cfg_scale", "guided_prediction", "in_interval",
+           "scatter_perturbed"]
+
+#: Classifier-free guidance where a model is used with it by default (Wan's own pipelines use 5); every other model
+#: here runs CFG off unless asked (the paper's searches do).
+_DEFAULT_CFG = {"wan": 5.0}
+
+
+def default_cfg_scale(model_type: str, off: float = 1.0) -> float:
+    """The CFG scale a call on ``model_type`` (a key of :data:`headhunter.heads.MODELS`) uses when none is given:
+    5 for Wan, else ``off`` (0 or 1, both mean no CFG)."""
+    return _DEFAULT_CFG.get(model_type, off)
 
 
 def guided_prediction(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from PIL import Image, PngImagePlugin
 
-__all__ = ["METADATA_KEY", "read_settings", "save_png"]
+__all__ = ["METADATA_KEY", "frame_paths", "read_settings", "save_png", "save_video"]
 
 METADATA_KEY = "headhunter"
 
@@ -34,3 +34,24 @@ def read_settings(path: str | Path) -> dict[str, Any]:
     if text is None:
         raise ValueError(f"{path} carries no headhunter settings")
     return json.loads(text)
+
+
+def save_video(frames: Sequence[Image.Image], path: str | Path, settings: dict[str, Any], fps: int = 16) -> Path:
+    """A short video as files: every frame a PNG with ``settings`` in the folder named like ``path`` without its
+    suffix (``clip/frame-000.png``, ...), an animated WebP (``clip.webp``, lossless, ``fps`` frames a second) and the
+    first frame as ``path`` (``clip.png``) — written last, so a ``path`` on disk means the whole set is. Returns
+    ``path``."""
+    path = Path(path)
+    folder = path.with_suffix("")
+    for index, frame in enumerate(frames):
+        save_png(frame, folder / f"frame-{index:03d}.png", {**settings, "frame": index})
+    tmp = path.with_suffix(".webp.tmp")
+    frames[0].save(tmp, format="WEBP", save_all=True, append_images=list(frames[1:]), duration=round(1000 / fps),
+                   loop=0, lossless=True)
+    tmp.replace(path.with_suffix(".webp"))
+    return save_png(frames[0], path, settings)
+
+
+def frame_paths(path: str | Path) -> list[Path]:
+    """The frame PNGs :func:`save_video` wrote for ``path``, in order (empty for a still image)."""
+    return sorted(Path(path).with_suffix("").glob("frame-*.png"))

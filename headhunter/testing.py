@@ -370,7 +370,8 @@ def _grid_ids(tokens: int, axes: int) -> torch.Tensor:
     return ids
 
 
-#: Layout types of :func:`tiny_modular_pipeline` (full modular pipelines: text encoder, VAE, transformer, guider).
+#: Layout types of :func:`tiny_modular_pipeline` (full modular pipelines: text encoder, VAE, transformer, guider) of
+#: the image models; ``"wan"`` (video, run as an image model with one frame) is also built.
 TINY_MODULAR = ("flux2", "qwenimage", "zimage")
 
 
@@ -392,8 +393,8 @@ def tiny_qwen_tokenizer() -> Any:
 
 def tiny_modular_pipeline(model_type: str = "qwenimage", seed: int = 0) -> Any:
     """A tiny random-weight diffusers modular pipeline of the real blocks — FLUX.2 Klein base (``"flux2"``, Qwen3 text
-    encoder), Qwen-Image (``"qwenimage"``, Qwen2.5-VL text encoder) or Z-Image (``"zimage"``, Qwen3 text encoder) —
-    with tiny text encoder, tokenizer, VAE and
+    encoder), Qwen-Image (``"qwenimage"``, Qwen2.5-VL text encoder), Z-Image (``"zimage"``, Qwen3 text encoder) or
+    Wan 2.1 text-to-video (``"wan"``, UMT5 text encoder) — with tiny text encoder, tokenizer, VAE and
     transformer, wrapped as a :class:`~headhunter.pipelines.HeadHunterModularPipeline`. Images are 32 px; calls take
     :data:`TINY_MODULAR_CALL` (a short text length for speed)."""
     import diffusers
@@ -449,15 +450,32 @@ def tiny_modular_pipeline(model_type: str = "qwenimage", seed: int = 0) -> Any:
                                                          n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6],
                                                          axes_lens=[256, 32, 32])
         blocks = ZImageAutoBlocks()
+    elif model_type == "wan":
+        from diffusers.modular_pipelines.wan.modular_blocks_wan import WanBlocks
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        tokenizer = tiny_t5_tokenizer()
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                                   num_heads=2, relative_attention_num_buckets=8))
+        vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1], num_res_blocks=1,
+                                         temperal_downsample=[False])
+        transformer = diffusers.WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
+            text_dim=16, freq_dim=32, ffn_dim=32, num_layers=3, rope_max_seq_len=32)
+        blocks = WanBlocks()
     else:
-        raise ValueError(f"unknown modular model type {model_type!r}; choose one of {', '.join(TINY_MODULAR)}")
+        raise ValueError(f"unknown modular model type {model_type!r}; choose one of {', '.join(TINY_MODULAR)}, wan")
+    scheduler = (diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+                 if model_type == "wan" else diffusers.FlowMatchEulerDiscreteScheduler())
     modular = blocks.init_pipeline()
     modular.update_components(text_encoder=text_encoder.eval(), tokenizer=tokenizer, vae=vae.eval(),
-                              transformer=transformer.eval(), scheduler=diffusers.FlowMatchEulerDiscreteScheduler())
-    modular.set_progress_bar_config(disable=True)
-    return HeadHunterModularPipeline(modular, name_or_path=f"tiny-{model_type}")
+                              transformer=transformer.eval(), scheduler=scheduler)
+    pipe = HeadHunterModularPipeline(modular, name_or_path=f"tiny-{model_type}")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 #: Call arguments that keep the tiny modular pipelines fast (FLUX.2 and Z-Image pad every prompt to 512 tokens by
 #: default).
-TINY_MODULAR_CALL = {"flux2": {"max_sequence_length": 32}, "qwenimage": {}, "zimage": {"max_sequence_length": 32}}
+TINY_MODULAR_CALL = {"flux2": {"max_sequence_length": 32}, "qwenimage": {}, "zimage": {"max_sequence_length": 32},
+                     "wan": {"max_sequence_length": 16}}

@@ -12,13 +12,14 @@ __all__ = ["MODULAR_FAMILIES", "BuiltinDefaults", "builtin_defaults", "check_dev
            "load_pipeline", "model_family", "resolve_dtype"]
 
 #: Families the command line runs through diffusers' modular pipelines and HeadHunterGuidance.
-MODULAR_FAMILIES = ("flux2", "qwenimage", "zimage")
+MODULAR_FAMILIES = ("flux2", "qwenimage", "zimage", "wan")
 _TINY_MODULAR = {f"tiny-{family}": family for family in MODULAR_FAMILIES}
 # model_index.json class names (checked in this order: "Flux2..." before "Flux...") and their families
 _CLASS_FAMILIES = (("Flux2", "flux2"), ("Flux", "flux"), ("Chroma", "chroma"), ("StableDiffusion3", "sd3"),
-                   ("QwenImage", "qwenimage"), ("ZImage", "zimage"))
+                   ("QwenImage", "qwenimage"), ("ZImage", "zimage"), ("WanPipeline", "wan"))
+# Wan's other pipelines (image-to-video, VACE, ...) need inputs the command line does not give
 _PYTHON_ONLY = (("Wan", "Wan"),)
-_COMMAND_LINE_MODELS = "SD3, SD3.5, FLUX.1, Chroma, FLUX.2 Klein base, Qwen-Image and Z-Image"
+_COMMAND_LINE_MODELS = "SD3, SD3.5, FLUX.1, Chroma, FLUX.2 Klein base, Qwen-Image, Z-Image and Wan text-to-video"
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
           "bf16": "bfloat16"}
@@ -103,7 +104,7 @@ def builtin_defaults(model: str) -> BuiltinDefaults | None:
 
 
 def model_family(model: str) -> str:
-    """``"sd3"``, ``"flux"``, ``"chroma"``, ``"flux2"``, ``"qwenimage"`` or ``"zimage"`` for a tiny or toy model name,
+    """``"sd3"``, ``"flux"``, ``"chroma"``, ``"flux2"``, ``"qwenimage"``, ``"zimage"`` or ``"wan"`` for a tiny or toy model name,
     a local pipeline folder or a hub id (read from its model_index.json; needs the hub or the local cache)."""
     from headhunter.testing import TINY_MODELS, TOY_MODELS
 
@@ -157,7 +158,7 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", of
         raise ValueError("--offload needs an accelerator device (e.g. --device cuda)")
     if family in MODULAR_FAMILIES:
         if offload:
-            raise ValueError("--offload is not supported for FLUX.2, Qwen-Image and Z-Image (modular pipelines) yet")
+            raise ValueError("--offload is not supported for FLUX.2, Qwen-Image, Z-Image and Wan (modular pipelines) yet")
         return _load_modular(model, family, torch_dtype).to(device)
     if model.lower() in TINY_MODELS or model.lower() in TOY_MODELS:
         if model.lower() in TOY_MODELS:
@@ -187,7 +188,8 @@ def _load_modular(model: str, family: str, torch_dtype: Any) -> Any:
 
     if model.lower() in _TINY_MODULAR:
         pipe = tiny_modular_pipeline(family)
-        pipe.modular.to(dtype=torch_dtype)
+        if torch_dtype != pipe.transformer.dtype:
+            pipe.modular.to(dtype=torch_dtype)
         return pipe
     from diffusers import ModularPipeline
 

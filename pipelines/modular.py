@@ -2,6 +2,11 @@
 :class:`~headhunter.guiders.HeadHunterGuidance` behind the call of the HeadHunter pipelines, so the search, the
 evaluation and the command line run on these models unchanged.
 
+Wan 2.x (``WanBlocks``) runs as an image model (one frame, the default) or for short videos (``num_frames``): the
+wrapper encodes both prompts itself and runs the blocks after the text step, because diffusers 0.42's
+``WanTextEncoderStep`` fails (an unbound ``negative_prompt_embeds``) whenever the guider asks for a single prediction
+(CFG off and nothing perturbed); see :func:`_wan_embeddings`.
+
 A call is one batched call of the modular pipeline, each image with its own prompt, generator and head set (the
 guider perturbs a head set per row of the perturbed pass), under :meth:`HeadHunterGuidance.attached`: the
 perturbation is installed once for the call and the perturbed pass reuses the conditional pass's prefix.
@@ -16,6 +21,7 @@ import numpy as np
 import torch
 
 from headhunter.attention.perturb import check_scope_layers
+from headhunter.guidance import default_cfg_scale
 from headhunter.guiders import HeadHunterGuidance
 from headhunter.heads import HeadLayout, HeadSet
 from headhunter.locking import holding_transformer
@@ -43,11 +49,21 @@ class HeadHunterModularPipeline:
         self.head_layout = HeadLayout.from_transformer(self.transformer)
         self.name_or_path = name_or_path
         self.share_prefix = True  # the guider's perturbed pass starts from the conditional pass's prefix
+        self.video = self.head_layout.model_type == "wan"
+        # what runs a call: the whole modular pipeline, or for Wan the blocks after its text step
+        self._runner = _without_text_step(modular) if self.video else modular
         self._guider: HeadHunterGuidance | None = None
         self._guider_settings: dict | None = None
 
     @property
+    def default_guidance_scale(self) -> float:
+        """CFG scale when none is given: 5 for Wan (which is used with CFG), else off."""
+        return default_cfg_scale(self.head_layout.model_type)
+
+    @property
     def vae_scale_factor(self) -> int:
+        if self.video:
+            return int(self.modular.vae_scale_factor_spatial)
         return int(self.modular.vae_scale_factor)
 
     @property
@@ -60,13 +76,15 @@ class HeadHunterModularPipeline:
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         self.modular.set_progress_bar_config(**kwargs)
+        if self._runner is not self.modular:
+            self._runner.set_progress_bar_config(**kwargs)
 
     def _guider_for(self, settings: dict) -> HeadHunterGuidance:
         """The pipeline's guider with ``settings``: the one installed when they are unchanged (a search calls with
         the same settings batch after batch), else a new one."""
-        if self._guider is None or settings != self._guider_settings or self.modular.guider is not self._guider:
+        if self._guider is None or settings != self._guider_settings or self._runner.guider is not self._guider:
             self._guider, self._guider_settings = HeadHunterGuidance(**settings), settings
-            self.modular.update_components(guider=self._guider)
+            self._runner.update_components(guider=self._guider)
         return self._guider
 
     def __call__(
@@ -101,7 +119,9 @@ class HeadHunterModularPipeline:
             # diffusers 0.42's Qwen-Image text step encodes a string negative prompt once, not once per prompt, and
             # then refuses the batch (its input step wants both embeddings the same size)
             kwargs["negative_prompt"] = [kwargs.get("negative_prompt") or ""] * len(prompts)
-        cfg = float(guidance_scale) if guidance_scale is not None and guidance_scale > 1 else 1.0
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance_scale
+        cfg = float(guidance_scale) if guidance_scale > 1 else 1.0
         start, stop = (float(x) for x in pag_interval)
         heads_per_image = [HeadSet.coerce(heads).validate(self.head_layout) for heads in plans]
         for heads in heads_per_image:  # before any image is made (the guider perturbs without text_len)
@@ -112,13 +132,64 @@ class HeadHunterModularPipeline:
             guider = self._guider_for(settings)
             same = all(str(heads) == str(heads_per_image[0]) for heads in heads_per_image)
             guider.set_heads(heads_per_image[0] if same else heads_per_image)
+            common = dict(generator=list(generators), num_inference_steps=num_inference_steps, height=height,
+                          width=width)
             with guider.attached(self.transformer, getattr(self.modular, "scheduler", None)):
-                out = self.modular(prompt=prompts, generator=list(generators), num_inference_steps=num_inference_steps,
-                                   height=height, width=width, output="images", **kwargs)
-            images = list(out) if isinstance(out, (list, tuple)) else [out]
+                if self.video:
+                    frames = self._wan_call(prompts, common, kwargs)
+                else:
+                    out = self.modular(prompt=prompts, output="images", **common, **kwargs)
+                    frames = None
+        if frames is not None:  # [images, frames, H, W, 3] floats in [0, 1]
+            if output_type == "pt":
+                videos = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3).float()
+                return SimpleNamespace(images=videos[:, 0], frames=videos)
+            videos = [[_to_pil(frame) for frame in video] for video in frames]
+            return SimpleNamespace(images=[video[0] for video in videos], frames=videos)
+        images = list(out) if isinstance(out, (list, tuple)) else [out]
         if output_type == "pt":
             return SimpleNamespace(images=torch.stack([_to_tensor(image) for image in images]))
         return SimpleNamespace(images=images)
+
+    def _wan_call(self, prompts: list[str], common: dict, kwargs: dict) -> np.ndarray:
+        """Wan: both prompts encoded here, then the blocks after the text step; one frame unless ``num_frames``."""
+        kwargs = dict(kwargs)
+        negative = kwargs.pop("negative_prompt", None)
+        max_sequence_length = kwargs.pop("max_sequence_length", 512)
+        kwargs.setdefault("num_frames", 1)
+        embeds, negative_embeds = _wan_embeddings(self.modular, prompts, negative, max_sequence_length)
+        return self._runner(prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, output="videos",
+                            output_type="np", **common, **kwargs)
+
+
+def _without_text_step(modular: Any) -> Any:
+    """A modular pipeline of ``modular``'s blocks after its ``text_encoder`` step, sharing its components."""
+    from diffusers.modular_pipelines import SequentialPipelineBlocks
+
+    blocks = modular.blocks
+    rest = SequentialPipelineBlocks.from_blocks_dict(
+        {name: block for name, block in blocks.sub_blocks.items() if name != "text_encoder"})
+    runner = rest.init_pipeline()
+    components = {spec.name: getattr(modular, spec.name, None) for spec in rest.expected_components}
+    runner.update_components(**{name: value for name, value in components.items() if value is not None})
+    return runner
+
+
+def _wan_embeddings(modular: Any, prompts: list[str], negative: Any, max_sequence_length: int) -> tuple:
+    """Wan's conditional and unconditional prompt embeddings, always both. diffusers 0.42's ``WanTextEncoderStep``
+    returns an unbound ``negative_prompt_embeds`` (UnboundLocalError) when its pipeline's guider needs one prediction
+    only; its own ``encode_prompt`` with ``prepare_unconditional_embeds=True`` is sound, so it is called directly."""
+    from diffusers.modular_pipelines.wan.encoders import WanTextEncoderStep
+
+    negatives = negative if isinstance(negative, list) else [negative or ""] * len(prompts)
+    return WanTextEncoderStep.encode_prompt(modular, prompts, modular._execution_device, True, negatives,
+                                            max_sequence_length)
+
+
+def _to_pil(frame: np.ndarray) -> Any:
+    from PIL import Image
+
+    return Image.fromarray((np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8))
 
 
 def _is_head_tuple(value: Any) -> bool:

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         pair = []
         for label, spec in (("unguided", None), ("guided", heads)):
             settings = {**base, "pag_heads": spec}
-            image = generate_images(pipe, settings, prompt, [i])[0]
+            image = generate_images(pipe, settings, prompt, [i]).images[0]
             written.append(save_png(image, out / f"{i}-{label}.png", {**settings, "prompt": prompt, "seed": i}))
             pair.append(image)
         strip = Image.new("RGB", (pair[0].width * 2 + 4, pair[0].height), "white")

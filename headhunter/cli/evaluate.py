@@ -8,7 +8,7 @@ import re
 import shlex
 from typing import Any, Sequence
 
-from .common import (UsageError, check_writable_dir, import_modules, parse_option, parse_seeds, parse_size,
+from .common import (MODEL_HELP, UsageError, check_writable_dir, import_modules, parse_option, parse_seeds, parse_size,
                      positive_int, run_target)
 
 __all__ = ["register", "split_metrics"]
@@ -33,6 +33,7 @@ def split_metrics(texts: Sequence[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from headhunter.evaluate import Evaluation, load_settings_file, parse_setting, read_prompts
+    from headhunter.guidance import default_cfg_scale
     from headhunter.pipelines import load_pipeline
     from headhunter.scorers import ScorerUnavailable
     from headhunter.scorers.base import parse_spec
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     defaults: dict[str, Any] = {"num_inference_steps": args.steps or (builtin.steps if builtin else 28), "width": width,
                                 "height": height}
     if family != "flux":
-        defaults["guidance_scale"] = 1.0  # CFG off unless a setting asks for it
+        defaults["guidance_scale"] = default_cfg_scale(family)  # CFG off unless a setting asks for it (Wan: on)
     defaults.update(builtin.call if builtin else {})
     pipe = load_pipeline(args.model, device, args.dtype, False)
     pipe.set_progress_bar_config(disable=True)
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     ev = sub.add_parser("eval", help="generate and score image sets under several settings, with a report")
-    ev.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or a built-in offline model: toy-shapes (trained), tiny-sd3 / tiny-flux / tiny-chroma / tiny-flux2 / tiny-qwenimage / tiny-zimage (random weights)")
+    ev.add_argument("--model", default="tiny-sd3", help=MODEL_HELP)
     ev.add_argument("--prompts", required=True, help=".txt (one per line), .csv or .jsonl (prompt, optional seed, style)")
     ev.add_argument("--seeds", type=parse_seeds, default=[0])
     ev.add_argument("--setting", action="append", default=[], metavar="'NAME: key=value, ...'",

@@ -6,20 +6,18 @@ import argparse
 import time
 from typing import Any, Sequence
 
-from .common import (check_writable_dir, default_size, non_negative_float, parse_interval, parse_seeds, parse_size,
+from .common import (MODEL_HELP, check_writable_dir, default_size, non_negative_float, parse_interval, parse_seeds, parse_size,
                      positive_int, unique_path)
 
 __all__ = ["add_generation_options", "generate_images", "register", "validate_call"]
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny-sd3",
-                        help="hub id, local pipeline folder, or a built-in offline model: toy-shapes (trained), "
-                             "tiny-sd3, tiny-sd3.5, tiny-flux, tiny-chroma, tiny-flux2, tiny-qwenimage, tiny-zimage (random weights)")
+    parser.add_argument("--model", default="tiny-sd3", help=MODEL_HELP)
     parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 28; 20 for toy-shapes, 2 for tiny models)")
     parser.add_argument("--size", type=parse_size, default=None, help="N or WxH (default: the model's; 32 for the built-in models)")
     parser.add_argument("--cfg", type=non_negative_float, default=None,
-                        help="classifier-free guidance: SD3 guidance_scale, FLUX true_cfg_scale (default: off)")
+                        help="classifier-free guidance: SD3 guidance_scale, FLUX true_cfg_scale (default: off; Wan: 5)")
     parser.add_argument("--flux-guidance", type=non_negative_float, default=3.5,
                         help="FLUX distilled guidance_scale (default 3.5)")
     parser.add_argument("--negative-prompt", default=None)
@@ -31,12 +29,15 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="identity", help="identity, uniform, query_mean or max")
     parser.add_argument("--scope", default="joint", help="joint or image")
     parser.add_argument("--interval", type=parse_interval, default=(0.0, 1.0), help="START,END fractions of the steps")
+    parser.add_argument("--frames", type=positive_int, default=None,
+                        help="video models (Wan): frames to generate (default 1: an image)")
     parser.add_argument("--device", default=None, help="cuda when available, else cpu")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on cpu, fp16 SD3 / bf16 FLUX on gpu), float32, float16, bfloat16")
     parser.add_argument("--offload", action="store_true", help="enable_model_cpu_offload (needs a GPU)")
 
 
 def generation_settings(args: argparse.Namespace, family: str) -> dict[str, Any]:
+    from headhunter.guidance import default_cfg_scale
     from headhunter.pipelines.loading import builtin_defaults
 
     builtin = builtin_defaults(args.model)
@@ -50,11 +51,15 @@ def generation_settings(args: argparse.Namespace, family: str) -> dict[str, Any]
     }
     if args.adaptive_scale:
         settings["pag_adaptive_scale"] = args.adaptive_scale
+    if getattr(args, "frames", None) is not None and args.frames > 1:
+        if family != "wan":
+            raise ValueError(f"--frames {args.frames}: only video models (Wan) make frames; this model makes images")
+        settings["num_frames"] = args.frames
     if family == "flux":
         settings["guidance_scale"] = args.flux_guidance
         settings["true_cfg_scale"] = args.cfg if args.cfg is not None else 1.0
-    else:  # SD3, and the modular pipelines' guider (FLUX.2 Klein base, Qwen-Image)
-        settings["guidance_scale"] = args.cfg if args.cfg is not None else 1.0
+    else:  # SD3, and the modular pipelines' guider (FLUX.2 Klein base, Qwen-Image, Z-Image; Wan with CFG, as it is used)
+        settings["guidance_scale"] = args.cfg if args.cfg is not None else default_cfg_scale(family)
     settings.update(builtin.call if builtin else {})
     return settings
 
@@ -65,13 +70,13 @@ def call_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def generate_images(pipe: Any, settings: dict[str, Any], prompt: str, seeds: Sequence[int]) -> list:
-    """One image per seed, in one batched call (each image has its own generator)."""
+def generate_images(pipe: Any, settings: dict[str, Any], prompt: str, seeds: Sequence[int]) -> Any:
+    """One image (or video: ``.frames``) per seed, in one batched call (each image has its own generator)."""
     import torch
 
     device = "cpu" if pipe.device.type == "cpu" else pipe.device
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    return pipe([prompt] * len(seeds), generator=generators, **call_kwargs(settings)).images
+    return pipe([prompt] * len(seeds), generator=generators, **call_kwargs(settings))
 
 
 def validate_call(pipe: Any, settings: dict[str, Any]) -> None:
@@ -93,7 +98,7 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from headhunter.metadata import save_png
+    from headhunter.metadata import save_png, save_video
     from headhunter.pipelines import load_pipeline, model_family
 
     if not args.prompt.strip():
@@ -104,15 +109,20 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, args.device, args.dtype, args.offload)
     validate_call(pipe, settings)
     start = time.perf_counter()
-    images = generate_images(pipe, settings, args.prompt, args.seed)
+    result = generate_images(pipe, settings, args.prompt, args.seed)
+    videos = getattr(result, "frames", None) if settings.get("num_frames") else None
     written = []
-    for seed, image in zip(args.seed, images):
+    for index, (seed, image) in enumerate(zip(args.seed, result.images)):
         record = {**settings, "prompt": args.prompt, "seed": seed}
-        stem = f"{slug(args.prompt)}-s{seed}" + ("-hh" if args.heads else "")
-        written.append(save_png(image, unique_path(out / f"{stem}.png"), record))
-    print(f"wrote {len(written)} image(s) in {time.perf_counter() - start:.1f}s:")
+        path = unique_path(out / (f"{slug(args.prompt)}-s{seed}" + ("-hh" if args.heads else "") + ".png"))
+        if videos:
+            save_video(videos[index], path, record)
+            written += [path.with_suffix(".webp"), path.with_suffix("")]
+        else:
+            written.append(save_png(image, path, record))
+    print(f"wrote {len(args.seed)} {'video' if videos else 'image'}(s) in {time.perf_counter() - start:.1f}s:")
     for path in written:
-        print(f"  {path}")
+        print(f"  {path}{'/ (frames)' if path.suffix == '' else ''}")
     return 0
 
 

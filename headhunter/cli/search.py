@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import (UsageError, check_writable_dir, import_modules, non_negative_float, parse_option, parse_seeds,
-                     parse_size, positive_int, read_prompt_list, run_target)
+from .common import (MODEL_HELP, UsageError, check_writable_dir, import_modules, non_negative_float, parse_option,
+                     parse_seeds, parse_size, positive_int, read_prompt_list, run_target)
 
 __all__ = ["register"]
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     search = sub.add_parser("search", help="HeadHunter search for the heads that serve an objective")
-    search.add_argument("--model", default="tiny-sd3", help="hub id, local folder, or a built-in offline model: toy-shapes (trained), tiny-sd3 / tiny-flux / tiny-chroma / tiny-flux2 / tiny-qwenimage / tiny-zimage (random weights)")
+    search.add_argument("--model", default="tiny-sd3", help=MODEL_HELP)
     search.add_argument("--objective", required=True, help="scorer spec, e.g. pickscore or 'style:golden hour'")
     search.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     search.add_argument("--prompt-file", default=None, help="one prompt per line")

@@ -71,7 +71,8 @@ def render_report(
                 cells.append("<td>—</td>")
                 continue
             scores = "<br>".join(f"{html.escape(m)}: {item[m]:.4g}" for m in metrics)
-            cells.append(f'<td><img src="{html.escape(item["image"])}" alt="{html.escape(s.name)}"><br><small>{scores}</small></td>')
+            shown = item.get("video") or item["image"]  # a video shows as its animated WebP
+            cells.append(f'<td><img src="{html.escape(shown)}" alt="{html.escape(s.name)}"><br><small>{scores}</small></td>')
         body.append(f"<tr><th>{html.escape(prompt)}<br><small>seed {seed}</small></th>{''.join(cells)}</tr>")
     charts = "".join(_bar_chart(m, [r for r in summary if r["metric"] == m]) for m in metrics)
     compare_head = ""

@@ -26,7 +26,7 @@ import torch
 
 from ..distributed import process_info
 from ..jsonlog import append_records, read_records, repair_log
-from ..metadata import save_png
+from ..metadata import frame_paths, save_png, save_video
 from .inputs import PromptRow
 from .report import render_report
 from .settings import SETTING_KEYS, Setting
@@ -189,9 +189,12 @@ class Evaluation:
             for index, row in enumerate(self.rows_in):
                 seeds = [row.seed] if row.seed is not None else self.seeds
                 for seed in seeds:
-                    out.append({"setting": setting.name, "prompt_index": index, "prompt": row.prompt, "seed": seed,
-                                "image": f"images/{_slug(setting.name)}/{index:03d}-s{seed}.png",
-                                "fingerprint": self.image_fingerprint(setting, row.prompt, seed)})
+                    stem = f"images/{_slug(setting.name)}/{index:03d}-s{seed}"
+                    item = {"setting": setting.name, "prompt_index": index, "prompt": row.prompt, "seed": seed,
+                            "image": f"{stem}.png", "fingerprint": self.image_fingerprint(setting, row.prompt, seed)}
+                    if (self._resolved[setting.name].get("num_frames") or 1) > 1:  # a video: its first frame, all
+                        item["video"] = f"{stem}.webp"  # frames in the folder ``stem``, and the animation
+                    out.append(item)
         return out
 
     def _log_path(self) -> Path:
@@ -307,7 +310,7 @@ class Evaluation:
             for path in self.out.glob(pattern):
                 path.unlink()
         for setting_dir in (self.out / "images").glob("*"):
-            for png in setting_dir.glob("*.png"):
+            for png in [*setting_dir.glob("*.png"), *setting_dir.glob("*.webp"), *setting_dir.glob("*/frame-*.png")]:
                 png.unlink()
 
     def _image_record(self, it: dict, seconds: float | None) -> dict:
@@ -320,20 +323,27 @@ class Evaluation:
         regenerated image has a new fingerprint, so it has none)."""
         from PIL import Image
 
-        images = {}
+        frames: dict[str, list] = {}  # an image is one frame; a video's score is the mean over its frames
         for it in batch:
-            with Image.open(self.out / it["image"]) as image:
-                images[it["fingerprint"]] = image.convert("RGB")
+            paths = frame_paths(self.out / it["image"]) if "video" in it else [self.out / it["image"]]
+            frames[it["fingerprint"]] = []
+            for path in paths:
+                with Image.open(path) as image:
+                    frames[it["fingerprint"]].append(image.convert("RGB"))
         records = []
         for metric, scorer in scorers.items():
             fp = self.metric_fingerprint(metric)
             todo = [it for it in batch if (it["fingerprint"], fp) not in self._known_scores]
             if not todo:
                 continue
-            values = scorer([images[it["fingerprint"]] for it in todo], [it["prompt"] for it in todo])
-            records += [{"kind": "score", "image_fingerprint": it["fingerprint"], "metric": metric,
-                         "metric_fingerprint": fp, "value": float(v) if math.isfinite(float(v)) else None}  # no NaN in JSON
-                        for it, v in zip(todo, values)]
+            flat = [(it, frame) for it in todo for frame in frames[it["fingerprint"]]]
+            values = [float(v) for v in scorer([frame for _, frame in flat], [it["prompt"] for it, _ in flat])]
+            for it in todo:
+                mine = [v for (owner, _), v in zip(flat, values) if owner is it]
+                value = sum(mine) / len(mine)
+                records.append({"kind": "score", "image_fingerprint": it["fingerprint"], "metric": metric,
+                                "metric_fingerprint": fp,
+                                "value": value if math.isfinite(value) else None})  # no NaN in JSON
         return records
 
     def _generate(self, setting: Setting, items: list[dict]) -> float:
@@ -343,14 +353,18 @@ class Evaluation:
             call["pag_interval"] = tuple(call["pag_interval"])
         device = "cpu" if self.pipe.device.type == "cpu" else self.pipe.device
         start = time.perf_counter()
-        images = self.pipe([it["prompt"] for it in items],
-                           generator=[torch.Generator(device=device).manual_seed(it["seed"]) for it in items],
-                           output_type="pil", **call).images
+        out = self.pipe([it["prompt"] for it in items],
+                        generator=[torch.Generator(device=device).manual_seed(it["seed"]) for it in items],
+                        output_type="pil", **call)
         elapsed = time.perf_counter() - start
-        for it, image in zip(items, images):
-            save_png(image, self.out / it["image"], {"model": self.model_name, "dtype": self.dtype,
-                                                     "setting": setting.name, "prompt": it["prompt"],
-                                                     "seed": it["seed"], "fingerprint": it["fingerprint"], **kw})
+        videos = getattr(out, "frames", None) or [None] * len(items)
+        for it, image, frames in zip(items, out.images, videos):
+            record = {"model": self.model_name, "dtype": self.dtype, "setting": setting.name, "prompt": it["prompt"],
+                      "seed": it["seed"], "fingerprint": it["fingerprint"], **kw}
+            if "video" in it:
+                save_video(frames, self.out / it["image"], record)
+            else:
+                save_png(image, self.out / it["image"], record)
         return elapsed
 
     # --- outputs -------------------------------------------------------------------------------------------------
@@ -362,7 +376,7 @@ class Evaluation:
             record = images.get(it["fingerprint"])
             if record is None:
                 continue
-            row = {k: it[k] for k in ("setting", "prompt_index", "prompt", "seed", "image")}
+            row = {k: it[k] for k in ("setting", "prompt_index", "prompt", "seed", "image", "video") if k in it}
             for metric in self.metrics:
                 row[metric] = scores.get((it["fingerprint"], self.metric_fingerprint(metric)))
                 if row[metric] is None:
@@ -411,7 +425,8 @@ class Evaluation:
         return summary
 
     def _write_outputs(self, rows: list[dict], summary: list[dict]) -> None:
-        columns = ["setting", "prompt_index", "prompt", "seed", "image", *self.metrics, "generation_seconds",
+        videos = ["video"] if any("video" in row for row in rows) else []
+        columns = ["setting", "prompt_index", "prompt", "seed", "image", *videos, *self.metrics, "generation_seconds",
                    "fingerprint"]
         self._write_csv("results.csv", columns, rows)
         summary_columns = ["setting", "metric", "n", "mean", "ci_low", "ci_high"]

@@ -44,6 +44,8 @@ SETTING_KEYS: dict[str, tuple[str, type]] = {
     "num_inference_steps": ("num_inference_steps", int),
     "width": ("width", int),
     "height": ("height", int),
+    "frames": ("num_frames", int),
+    "num_frames": ("num_frames", int),
 }
 
 
