@@ -8,17 +8,31 @@ from typing import Any, Sequence
 
 from PIL import Image, PngImagePlugin
 
-__all__ = ["METADATA_KEY", "frame_paths", "read_settings", "save_png", "save_video"]
+__all__ = ["METADATA_KEY", "frame_paths", "read_settings", "save_png", "save_video", "settings_of", "with_settings"]
 
 METADATA_KEY = "headhunter"
+
+
+def _text_chunks(settings: dict[str, Any]) -> dict[str, str]:
+    """The PNG text chunks of ``settings``: JSON under ``headhunter``, and a human-readable ``parameters`` line that
+    common image viewers show."""
+    return {METADATA_KEY: json.dumps(settings, sort_keys=True),
+            "parameters": ", ".join(f"{k}: {v}" for k, v in settings.items())}
+
+
+def with_settings(image: Image.Image, settings: dict[str, Any]) -> Image.Image:
+    """``image`` carrying ``settings`` in its ``info``, so whatever writes it as PNG with its text metadata (Gradio
+    does, for the images a page shows) writes them too. Returns ``image``."""
+    image.info.update(_text_chunks(settings))
+    return image
 
 
 def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any]) -> Path:
     """Write ``image`` as PNG with ``settings`` as JSON in the ``headhunter`` text chunk (plus a human-readable
     ``parameters`` line that common image viewers show)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text(METADATA_KEY, json.dumps(settings, sort_keys=True))
-    info.add_text("parameters", ", ".join(f"{k}: {v}" for k, v in settings.items()))
+    for key, text in _text_chunks(settings).items():
+        info.add_text(key, text)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".png.tmp")
@@ -34,6 +48,12 @@ def read_settings(path: str | Path) -> dict[str, Any]:
     if text is None:
         raise ValueError(f"{path} carries no headhunter settings")
     return json.loads(text)
+
+
+def settings_of(image: Image.Image) -> dict[str, Any]:
+    """The settings an image in memory carries (:func:`with_settings`, or read from a headhunter PNG); {} if none."""
+    text = image.info.get(METADATA_KEY)
+    return json.loads(text) if isinstance(text, str) else {}
 
 
 def save_video(frames: Sequence[Image.Image], path: str | Path, settings: dict[str, Any], fps: int = 16) -> Path:

@@ -14,8 +14,9 @@ perturbation is installed once for the call and the perturbed pass reuses the co
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -103,8 +104,12 @@ class HeadHunterModularPipeline:
         height: int | None = None,
         width: int | None = None,
         output_type: str = "pil",
+        callback_on_step_end: Callable[..., Any] | None = None,
         **kwargs: Any,
     ) -> SimpleNamespace:
+        """``callback_on_step_end(pipe, step, timestep, {})`` is called after each denoising step, as in diffusers'
+        pipelines (no tensors are passed: the modular loop does not hand them out); an exception it raises ends the
+        call, with nothing left installed."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         generators = generator if isinstance(generator, (list, tuple)) else [generator] * len(prompts)
         plans = pag_heads if isinstance(pag_heads, (list, tuple)) and not _is_head_tuple(pag_heads) else [pag_heads] * len(prompts)
@@ -132,9 +137,10 @@ class HeadHunterModularPipeline:
             guider = self._guider_for(settings)
             same = all(str(heads) == str(heads_per_image[0]) for heads in heads_per_image)
             guider.set_heads(heads_per_image[0] if same else heads_per_image)
-            common = dict(generator=list(generators), num_inference_steps=num_inference_steps, height=height,
-                          width=width)
-            with guider.attached(self.transformer, getattr(self.modular, "scheduler", None)):
+            common = dict(generator=None if all(g is None for g in generators) else list(generators),
+                          num_inference_steps=num_inference_steps, height=height, width=width)
+            with guider.attached(self.transformer, getattr(self.modular, "scheduler", None)), \
+                    _step_callbacks(self, guider, callback_on_step_end):
                 if self.video:
                     frames = self._wan_call(prompts, common, kwargs)
                 else:
@@ -160,6 +166,36 @@ class HeadHunterModularPipeline:
         embeds, negative_embeds = _wan_embeddings(self.modular, prompts, negative, max_sequence_length)
         return self._runner(prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, output="videos",
                             output_type="np", **common, **kwargs)
+
+
+@contextmanager
+def _step_callbacks(pipe: Any, guider: HeadHunterGuidance, callback: Callable[..., Any] | None) -> Iterator[None]:
+    """Call ``callback(pipe, step, timestep, {})`` when step ``step`` has ended: the guider hears of each step's start
+    (``set_state``), so step i − 1 has ended when step i starts, and the last one when the loop's last prediction has
+    been combined."""
+    if callback is None:
+        yield
+        return
+    set_state, forward = guider.set_state, guider.forward
+    last: dict[str, Any] = {}
+
+    def on_set_state(step: int, num_inference_steps: int, timestep: Any) -> None:
+        if step > 0:
+            callback(pipe, step - 1, last.get("timestep"), {})
+        last["timestep"] = timestep
+        set_state(step, num_inference_steps, timestep)
+
+    def on_forward(*args: Any, **kwargs: Any) -> Any:
+        out = forward(*args, **kwargs)
+        if guider._step == guider._num_inference_steps - 1:
+            callback(pipe, guider._step, last.get("timestep"), {})
+        return out
+
+    guider.set_state, guider.forward = on_set_state, on_forward  # this call's guider only; taken off below
+    try:
+        yield
+    finally:
+        del guider.set_state, guider.forward
 
 
 def _without_text_step(modular: Any) -> Any:

@@ -134,9 +134,13 @@ def test_a_scope_the_model_does_not_define_is_refused_before_any_image():
     assert calls == []
 
 
-def test_the_studio_says_which_models_it_runs(capsys):
+def test_the_studio_takes_these_models(monkeypatch):
+    """``headhunter ui`` launches the studio on them (it refused them before it drove the modular pipelines);
+    tests/test_ui_modular.py drives that studio."""
     pytest.importorskip("gradio", reason="the studio needs the ui extra (gradio)")
+    import headhunter.ui
     from headhunter.cli import main
 
-    assert main(["ui", "--model", "tiny-qwenimage"]) == 2
-    assert "the studio runs SD3, SD3.5, FLUX.1 and Chroma" in capsys.readouterr().err
+    launched = []
+    monkeypatch.setattr(headhunter.ui, "launch", lambda model, **kwargs: launched.append(model))
+    assert main(["ui", "--model", "tiny-qwenimage"]) == 0 and launched == ["tiny-qwenimage"]

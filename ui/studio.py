@@ -26,7 +26,9 @@ import torch
 from PIL import Image
 
 from headhunter.heads import HeadSet, list_presets, load_preset, preset_family, preset_from_json, save_preset
-from headhunter.metadata import read_settings, save_png
+from headhunter.guidance import default_cfg_scale
+from headhunter.metadata import read_settings, save_png, settings_of, with_settings
+from headhunter.pipelines import HeadHunterModularPipeline
 from headhunter.pipelines.loading import builtin_defaults
 from headhunter.scorers import available_scorers
 from headhunter.search import HeadHunter, SearchCancelled
@@ -72,11 +74,13 @@ class Studio:
         self.search_defaults = ("colorfulness", "a parrot\na market stall")
         if model_name.lower() in TOY_MODELS:  # prompts of its grammar, read back by the weight-free objective
             self.search_defaults = ("shapes", "\n".join(TOY_SEARCH_PROMPTS))
+        cfg = default_cfg_scale(self.layout.model_type)  # off, except where a model is used with it (Wan)
         if self.builtin is not None:
-            self.defaults = Settings(steps=self.builtin.steps, size=self.builtin.size, prompt=self.builtin.prompt)
+            self.defaults = Settings(steps=self.builtin.steps, size=self.builtin.size, prompt=self.builtin.prompt,
+                                     cfg=cfg)
         else:
             self.defaults = Settings(steps=15 if self.flux else 28, size=512 if self.flux else 1024,
-                                     prompt="a lighthouse at dusk")
+                                     prompt="a lighthouse at dusk", cfg=cfg)
 
     # --- heads and presets -----------------------------------------------------------------------------------------
     # The page takes head specs and preset *names* only: shipped presets of this model's family, "saved:<name>" and
@@ -303,8 +307,9 @@ class Studio:
             pair_settings = replace(settings, seed=seed, heads=str(heads))
             files = self.save_pair(pair_settings, heads, kwargs, made[2 * i], made[2 * i + 1])
             entries.append({"settings": list(pair_settings.values()), "files": files})
-        unguided, guided = made[0], made[1]
+        unguided, guided = made[0], made[1]  # (save_pair put their settings on them: the page's PNGs carry them)
         diff_image, note = difference(unguided, guided)
+        with_settings(diff_image, {**settings_of(guided), "image": "absolute difference, unguided vs guided"})
         python, cli = self.snippets(settings.prompt, settings.seed, heads, kwargs)
         history = (list(reversed(entries)) + list(history or []))[:HISTORY_LIMIT]
         return (unguided, guided), diff_image, note, python, cli, entries[0]["files"], history, history_strip(history)
@@ -314,7 +319,7 @@ class Studio:
         if not history or not 0 <= index < len(history):
             raise gr.Error("History: nothing to restore")
         entry = history[index]
-        unguided, guided = (Image.open(path).convert("RGB") for path in entry["files"])
+        unguided, guided = (_open_with_settings(path) for path in entry["files"])
         return (*entry["settings"], (unguided, guided), entry["files"])
 
     def settings_from_png(self, upload: str | None) -> tuple:
@@ -335,20 +340,37 @@ class Studio:
                   guided: Image.Image) -> list[str]:
         """Both images as PNGs carrying their full settings (the CLI's metadata), for download."""
         folder = Path(tempfile.mkdtemp(prefix="headhunter-studio-"))
-        base = {"model": self.model_name, "prompt": settings.prompt, "seed": settings.seed,
-                **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
+        base = self._record(settings, kwargs)
         stem = f"{re.sub(r'[^a-z0-9]+', '-', settings.prompt.lower()).strip('-')[:40] or 'image'}-s{settings.seed}"
-        return [str(save_png(unguided, folder / f"{stem}-unguided.png", {**base, "pag_heads": None})),
-                str(save_png(guided, folder / f"{stem}-guided.png", {**base, "pag_heads": str(heads)}))]
+        files = []
+        for image, name, pag_heads in ((unguided, "unguided", None), (guided, "guided", str(heads))):
+            record = {**base, "pag_heads": pag_heads}
+            files.append(str(save_png(image, folder / f"{stem}-{name}.png", record)))
+            with_settings(image, record)  # what the page shows carries them too
+        return files
+
+    def _record(self, settings: Settings, kwargs: dict) -> dict:
+        """The metadata of an image made with ``settings`` (the command line's, without the heads)."""
+        return {"model": self.model_name, "prompt": settings.prompt, "seed": settings.seed,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
 
     def snippets(self, prompt: str, seed: int, heads: HeadSet, kwargs: dict) -> tuple[str, str]:
         """The settings as Python (runnable as is) and as a ``headhunter generate`` line."""
         cls = type(self.pipe).__name__
         device = self.pipe.device.type
         args = ",\n    ".join(f"{k}={v!r}" for k, v in kwargs.items() if v is not None)
-        if self.builtin is not None:
+        modular = isinstance(self.pipe, HeadHunterModularPipeline)
+        if self.builtin is not None and modular:
+            load = (f"from headhunter.testing import tiny_modular_pipeline\n\n"
+                    f"pipe = tiny_modular_pipeline({self.layout.model_type!r}).to({device!r})\n")
+        elif self.builtin is not None:
             maker = "toy_pipeline" if self.model_name.lower() in TOY_MODELS else "tiny_pipeline"
             load = f"from headhunter.testing import {maker}\n\npipe = {maker}({self.model_name!r}).to({device!r})\n"
+        elif modular:
+            load = (f"from diffusers import ModularPipeline\nfrom headhunter.pipelines import {cls}\n\n"
+                    f"modular = ModularPipeline.from_pretrained({self.model_name!r})\n"
+                    f"modular.load_components(dtype={self.pipe.transformer.dtype})\n"
+                    f"pipe = {cls}(modular, name_or_path={self.model_name!r}).to({device!r})\n")
         else:
             load = (f"from headhunter.pipelines import {cls}\n\n"
                     f"pipe = {cls}.from_pretrained({self.model_name!r}, torch_dtype={self.pipe.transformer.dtype}).to({device!r})\n")
@@ -378,6 +400,7 @@ class Studio:
         if not 0 <= layer < self.layout.num_layers:
             raise gr.Error(f"Layer: {layer} is out of range; this model has {self.layout.describe()}")
         kwargs = self._kwargs(settings)
+        base = self._record(settings, kwargs)
         heads = list(range(self.layout.num_heads))
         total = len(heads) * settings.steps
         gallery: list = []
@@ -392,7 +415,8 @@ class Studio:
 
                 images = self._run([settings.prompt] * len(chunk), [settings.seed] * len(chunk),
                                    [[(layer, h)] for h in chunk], kwargs, stop, on_step)
-                gallery += [(image, f"L{layer}H{h}") for image, h in zip(images, chunk)]
+                gallery += [(with_settings(image, {**base, "pag_heads": f"L{layer}H{h}"}), f"L{layer}H{h}")
+                            for image, h in zip(images, chunk)]
         except Stopped as err:
             gr.Warning(f"Atlas {err}; showing the {len(gallery)} heads done")
         finally:
@@ -440,10 +464,10 @@ class Studio:
         column_labels = [f"{axis} {value:g}" if axis != "Seed" else f"seed {value}" for value in values]
         grid = compose_grid([[columns[c][r] for c in range(len(values))] for r in range(len(rows))], row_labels,
                             column_labels)
-        meta = {"model": self.model_name, "prompt": settings.prompt, "seed": settings.seed,
-                **{k: list(v) if isinstance(v, tuple) else v for k, v in self._kwargs(settings).items()},
+        meta = {**self._record(settings, self._kwargs(settings)),
                 "xy": {"rows": row_labels, "axis": field, "values": values}}
         path = save_png(grid, Path(tempfile.mkdtemp(prefix="headhunter-xy-")) / "xy-grid.png", meta)
+        with_settings(grid, meta)  # the grid the page shows carries them as its download does
         note = f"{len(rows)} head sets × {len(values)} values of {axis}: {len(rows) * len(values)} images"
         return grid, str(path), note
 
@@ -644,6 +668,12 @@ class Studio:
             raise gr.Error(str(err)) from None
         heads = ws.selected_so_far(run_dir, config)
         return (*self._live(run_dir, config), str(heads))
+
+
+def _open_with_settings(path: str) -> Image.Image:
+    """A headhunter PNG as an RGB image that still carries its settings."""
+    with Image.open(path) as image:
+        return with_settings(image.convert("RGB"), read_settings(path))
 
 
 def difference(unguided: Image.Image, guided: Image.Image) -> tuple[Image.Image, str]:

@@ -110,6 +110,7 @@ class PerturbationSession:
         self.norm_hook = self._fork_norm_inputs
         self.plan: PerturbationPlan | None = None
         self.prefix = PrefixReuse()
+        self.compiled_whole = False  # set per installation: every layer then has a stand-in and reads a u
         self.loaded = False
         self._thread = threading.local()  # .active: this thread's call has the branch on
         self._clear()
@@ -153,10 +154,14 @@ class PerturbationSession:
         self.load(None)
         self.loaded = True
         self.target, self.scope, self.text_len = target, scope, text_len
-        for layer, layer_u in u.items():
-            self.processors[layer].u = layer_u
-            if layer_u.ndim == 2:
-                self.perturbed_rows = layer_u.shape[0]
+        like = next(iter(u.values()), None)
+        for layer, processor in enumerate(self.processors):
+            if layer in u:
+                processor.u = u[layer]
+            elif self.compiled_whole and like is not None:  # one graph whatever the heads: every layer reads a u
+                processor.u = torch.zeros_like(like)
+        if like is not None and like.ndim == 2:
+            self.perturbed_rows = like.shape[0]
 
     @contextmanager
     def branch(self, *, perturbed: bool, prefix: str | None = None) -> Iterator[None]:
@@ -253,6 +258,7 @@ def installed_session(
         handles = []
         with dispatch_patched(modules), prefix_installed(module, layout, session.prefix, prefix_layer):
             try:
+                session.compiled_whole = mode == "whole"
                 load(session)
                 session.prefix_layer = prefix_layer
                 for layer, original in originals.items():

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from ..heads import HeadLayout, HeadSet, HeadSetLike, unwrap_compiled
-from .install import PerturbationSession, compile_mode, installed_session
+from .install import PerturbationSession, installed_session
 from .targets import check_target_scope
 
 __all__ = ["check_scope_layers", "execution_device", "per_row_heads", "perturb", "perturbation",
@@ -97,11 +97,6 @@ def _installed(transformer: torch.nn.Module, layout: HeadLayout, per_layer: dict
                scope: str, text_len: int | None, prefix_layer: int) -> Iterator[PerturbationSession]:
     check_target_scope(target, scope)
     check_scope_layers(layout, per_layer, scope, text_len)
-    if per_layer and compile_mode(transformer) == "whole":
-        # one graph whatever the heads: every layer reads a u (zeros where nothing is perturbed), as the pipelines do
-        like = next(iter(per_layer.values()))
-        per_layer = {layer: per_layer[layer] if layer in per_layer else torch.zeros_like(like)
-                     for layer in range(layout.num_layers)}
 
     def load(session: PerturbationSession) -> None:
         session.load_every_row(per_layer, target, scope, text_len)

@@ -6,7 +6,7 @@ import argparse
 import importlib.util
 from typing import Any
 
-from .common import UsageError
+from .common import MODEL_HELP, UsageError
 
 __all__ = ["register"]
 
@@ -20,9 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from headhunter.ui import launch
 
     check_device(args.device)
-    if model_family(args.model) not in ("sd3", "flux", "chroma"):  # it steps through the HeadHunter pipelines' loop
-        raise UsageError(f"the studio runs SD3, SD3.5, FLUX.1 and Chroma; {args.model} works with generate, search "
-                         "and eval")
+    model_family(args.model)  # an unsupported model is refused here, before the page is built
     launch(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, offload=args.offload,
            workspace=args.workspace)
     return 0
@@ -30,8 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     ui = sub.add_parser("ui", help="the Gradio studio")
-    ui.add_argument("--model", default="toy-shapes",
-                    help="hub id, local folder, or a built-in model: toy-shapes (trained; default), tiny-sd3, tiny-flux")
+    ui.add_argument("--model", default="toy-shapes", help=MODEL_HELP + "; default toy-shapes")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=7860)
     ui.add_argument("--device", default=None, help="cuda when available, else cpu")
