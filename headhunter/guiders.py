@@ -17,7 +17,7 @@ Two ways to run it:
 
 - **Attached** (fast; what :class:`~headhunter.pipelines.HeadHunterModularPipeline` does)::
 
-      with guider.attached(pipe.transformer):
+      with guider.attached(pipe.transformer, pipe.scheduler):
           image = pipe(prompt=..., ...)
 
   The perturbation is installed once for the whole call (switched on for the perturbed passes only, so a compiled
@@ -28,9 +28,10 @@ Two ways to run it:
   perturbation for the denoiser's next call only, and that call takes it off again when it returns, raises or is
   interrupted (diffusers' modular loops call ``cleanup_models`` only after a pass that succeeded). No prefix reuse.
 
-Either way the step reads nothing back from the device: ``w_t`` is a Python number, or, with the adaptive scale, a
-tensor computed on the timestep's device (the perturbed pass then runs on every step of the interval, as whether
-``w_t`` has reached 0 is not known on the host; end the interval with ``stop`` to save those passes).
+Either way the step reads nothing back from the device: ``w_t`` is a Python number. With the adaptive scale it comes
+from the attached scheduler's schedule (read once per call), from a timestep on the CPU, or else it is a 0-d tensor
+computed on the timestep's device (the perturbed pass then runs on every step of the interval, as whether ``w_t``
+has reached 0 is not known on the host; end the interval with ``stop`` to save those passes).
 """
 
 from __future__ import annotations
@@ -47,9 +48,8 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
 from .attention import around_next_call, check_target_scope, perturb
 from .attention.install import PerturbationSession
 from .attention.perturb import per_row_heads, perturbation
-from .heads import unwrap_compiled
 from .guidance import adaptive_scale, guided_prediction, in_interval
-from .heads import HeadSet, load_preset
+from .heads import HeadSet, load_preset, unwrap_compiled
 
 __all__ = ["HeadHunterGuidance"]
 

@@ -10,6 +10,7 @@ import torch
 
 from ..heads import HeadLayout, HeadSet, HeadSetLike, unwrap_compiled
 from .install import PerturbationSession, installed_session
+from .plan import shared_prefix_layer
 from .targets import check_target_scope
 
 __all__ = ["check_scope_layers", "execution_device", "per_row_heads", "perturb", "perturbation",
@@ -86,8 +87,7 @@ def perturbation(
     """
     layout = HeadLayout.from_transformer(transformer)
     per_layer, _ = softness_per_layer(layout, heads, softness, execution_device(transformer))
-    first = min(per_layer, default=0)
-    prefix_layer = (first if share_prefix else 0) if isinstance(share_prefix, bool) else max(0, min(int(share_prefix), first))
+    prefix_layer = shared_prefix_layer(share_prefix, min(per_layer, default=0))
     with _installed(transformer, layout, per_layer, target, scope, text_len, prefix_layer) as session:
         yield session
 

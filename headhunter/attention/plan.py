@@ -12,7 +12,7 @@ import torch
 from ..heads import HeadLayout
 from .targets import check_target_scope
 
-__all__ = ["PerturbationPlan", "build_plan"]
+__all__ = ["PerturbationPlan", "build_plan", "shared_prefix_layer"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,9 @@ class PerturbationPlan:
         )
 
 
-def _fork_layer(share_prefix: bool | int, first: int) -> int:
+def shared_prefix_layer(share_prefix: bool | int, first: int) -> int:
+    """The layer where a shared prefix ends: ``first`` (the first perturbed layer) for True, 0 for False, and for an
+    int n the earlier of n and ``first``."""
     if isinstance(share_prefix, bool):
         return first if share_prefix else 0
     return max(0, min(int(share_prefix), first))
@@ -125,7 +127,7 @@ def build_plan(
         target=target,
         scope=scope,
         base_rows=base_rows,
-        fork_layer=_fork_layer(share_prefix, layers[0]),
+        fork_layer=shared_prefix_layer(share_prefix, layers[0]),
         fork_src=tuple(cond_offset + i for i in samples),
         samples=tuple(samples),
         text_len=text_len,
