@@ -465,8 +465,11 @@ def tiny_modular_pipeline(model_type: str = "qwenimage", seed: int = 0) -> Any:
         blocks = WanBlocks()
     else:
         raise ValueError(f"unknown modular model type {model_type!r}; choose one of {', '.join(TINY_MODULAR)}, wan")
-    scheduler = (diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-                 if model_type == "wan" else diffusers.FlowMatchEulerDiscreteScheduler())
+    if model_type == "wan":
+        scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                      flow_shift=3.0)
+    else:
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
     modular = blocks.init_pipeline()
     modular.update_components(text_encoder=text_encoder.eval(), tokenizer=tokenizer, vae=vae.eval(),
                               transformer=transformer.eval(), scheduler=scheduler)

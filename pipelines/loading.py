@@ -158,7 +158,8 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto", of
         raise ValueError("--offload needs an accelerator device (e.g. --device cuda)")
     if family in MODULAR_FAMILIES:
         if offload:
-            raise ValueError("--offload is not supported for FLUX.2, Qwen-Image, Z-Image and Wan (modular pipelines) yet")
+            raise ValueError("--offload is not supported for FLUX.2, Qwen-Image, Z-Image and Wan (modular pipelines) "
+                             "yet")
         return _load_modular(model, family, torch_dtype).to(device)
     if model.lower() in TINY_MODELS or model.lower() in TOY_MODELS:
         if model.lower() in TOY_MODELS:

@@ -100,7 +100,8 @@ class _PrefixForward:
 
 
 @contextmanager
-def prefix_installed(module: torch.nn.Module, layout: HeadLayout, reuse: PrefixReuse, fork_layer: int) -> Iterator[None]:
+def prefix_installed(module: torch.nn.Module, layout: HeadLayout, reuse: PrefixReuse,
+                     fork_layer: int) -> Iterator[None]:
     """Put a :class:`_PrefixForward` on every block before ``fork_layer`` for the body (blocks compiled on their own
     get it in place of their compiled call, so a replayed block runs nothing); the blocks are as they were on exit,
     also when the body raises or is interrupted."""

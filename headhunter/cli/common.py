@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["MODEL_HELP", "UsageError", "check_writable_dir", "import_modules", "non_negative_float", "parse_interval", "parse_option",
-           "parse_seeds", "parse_size", "positive_int", "read_prompt_list", "run_target", "unique_path"]
+__all__ = ["MODEL_HELP", "UsageError", "check_writable_dir", "import_modules", "non_negative_float", "parse_interval",
+           "parse_option", "parse_seeds", "parse_size", "positive_int", "read_prompt_list", "run_target", "unique_path"]
 
 
 MODEL_HELP = ("hub id, local pipeline folder, or a built-in offline model: toy-shapes (trained), tiny-sd3, tiny-sd3.5, "

@@ -6,8 +6,8 @@ import argparse
 import time
 from typing import Any, Sequence
 
-from .common import (MODEL_HELP, check_writable_dir, default_size, non_negative_float, parse_interval, parse_seeds, parse_size,
-                     positive_int, unique_path)
+from .common import (MODEL_HELP, check_writable_dir, default_size, non_negative_float, parse_interval, parse_seeds,
+                     parse_size, positive_int, unique_path)
 
 __all__ = ["add_generation_options", "generate_images", "register", "validate_call"]
 
@@ -58,7 +58,7 @@ def generation_settings(args: argparse.Namespace, family: str) -> dict[str, Any]
     if family == "flux":
         settings["guidance_scale"] = args.flux_guidance
         settings["true_cfg_scale"] = args.cfg if args.cfg is not None else 1.0
-    else:  # SD3, and the modular pipelines' guider (FLUX.2 Klein base, Qwen-Image, Z-Image; Wan with CFG, as it is used)
+    else:  # SD3 and the modular pipelines' guider (FLUX.2 Klein base, Qwen-Image, Z-Image; Wan with CFG, as used)
         settings["guidance_scale"] = args.cfg if args.cfg is not None else default_cfg_scale(family)
     settings.update(builtin.call if builtin else {})
     return settings

@@ -141,7 +141,7 @@ class HeadHunter:
             raise ValueError("objective must be a scorer spec or a callable (images, prompts) -> scores")
         pool = self.layout.all_heads() if candidates is None else HeadSet.coerce(candidates)
         resolved = tuple((h.layer, h.head) for h in pool.resolve(self.layout))
-        if guidance_scale is None:  # FLUX.1: its distilled guidance; CFG off, as the paper, except where a model needs it
+        if guidance_scale is None:  # FLUX.1: its distilled guidance; CFG off as in the paper, but where a model needs it
             guidance_scale = 3.5 if self.layout.model_type == "flux" else default_cfg_scale(self.layout.model_type, 0.0)
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
