@@ -14,6 +14,7 @@ from test_guider import embeddings, generate, modular
 
 import headhunter
 from headhunter.attention import perturb
+from headhunter.attention.install import _sessions
 from headhunter.attention.perturb import perturbation
 from headhunter.guiders import HeadHunterGuidance
 from headhunter.heads import HeadLayout
@@ -272,3 +273,44 @@ def test_an_attached_guider_on_a_compiled_transformer_has_no_graph_break_and_a_g
                     block._compiled_call_impl = None
             torch._dynamo.reset()
     assert counts[1] == counts[0] and counts[2] == counts[1], counts  # no new graph for more steps or new heads
+
+
+@pytest.mark.parametrize("where", ["perturbed layer", "recording block", "second step", "decode"])
+@pytest.mark.parametrize("fault", [RuntimeError, KeyboardInterrupt])
+def test_a_fault_in_an_attached_call_leaves_nothing_and_the_next_call_is_right(where, fault):
+    """The wrapper's attached guider (one installation, prefix reuse): a fault anywhere in the call — in the perturbed
+    pass's first perturbed layer, in the conditional pass while it records the prefix, in a later step, in the VAE —
+    leaves nothing installed, and the next call equals the call made before the fault."""
+    pipe = tiny_modular_pipeline("qwenimage")
+    call = dict(generator=[torch.Generator().manual_seed(s) for s in (1, 2)], pag_heads=["L1H0", "L1"],
+                guidance_scale=2.0, num_inference_steps=3, height=32, width=32, output_type="pt")
+    before = pipe(["a red fox", "a boat"], **call).images
+    layout = HeadLayout.from_transformer(pipe.transformer)
+    seen, perturbing_now = [], []
+
+    def raise_once(condition):
+        def hook(*args):
+            seen.append(1)
+            if condition(len(seen)):
+                perturbing_now.append(_sessions[pipe.transformer].active)
+                raise fault("injected")
+        return hook
+
+    if where == "perturbed layer":  # L1's attention: conditional, unconditional, then the first perturbed pass
+        handle = layout.attention(pipe.transformer, 1).register_forward_pre_hook(raise_once(lambda n: n == 3))
+    elif where == "recording block":  # block 0 runs only in passes that record or run the prefix
+        handle = layout.block(pipe.transformer, 0).register_forward_pre_hook(raise_once(lambda n: n == 1))
+    elif where == "second step":
+        handle = pipe.transformer.register_forward_pre_hook(raise_once(lambda n: n == 4))
+    else:
+        handle = pipe.modular.vae.decoder.register_forward_pre_hook(raise_once(lambda n: n == 1))
+    try:
+        with pytest.raises(fault, match="injected"):
+            pipe(["a red fox", "a boat"], **{**call, "generator": [torch.Generator().manual_seed(s) for s in (1, 2)]})
+    finally:
+        handle.remove()
+    assert perturbing_now == [where == "perturbed layer"]  # the fault hit the pass it names
+    assert headhunter.installed(pipe.transformer) == []
+    assert "set_state" not in vars(pipe._guider) and pipe._guider._attached is None
+    after = pipe(["a red fox", "a boat"], **{**call, "generator": [torch.Generator().manual_seed(s) for s in (1, 2)]})
+    assert torch.equal(after.images, before)
