@@ -237,18 +237,14 @@ def test_the_guider_on_a_compiled_transformer_equals_eager_and_leaves_nothing(ho
     assert (eager - generate("wan", transformer, HeadHunterGuidance(heads="", guidance_scale=1.0), inputs)).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("adaptive", [0.0, 0.001])
-def test_the_guider_reads_the_timestep_back_at_most_once_a_step(monkeypatch, adaptive):
-    """Every tensor-to-Python conversion during a guided loop is recorded with its caller: none comes from headhunter
-    with a constant scale, and at most one a step (the timestep, for the adaptive scale) otherwise."""
+#: Tensor methods that hand a value to Python (on an accelerator: a device sync)
+CONVERSIONS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "numpy")
+
+
+def conversion_spy(monkeypatch, roots, names=CONVERSIONS):
+    """Record every call of ``names`` on tensors made directly from a file under ``roots``: (name, file, line)."""
     import traceback
-    from pathlib import Path
 
-    import headhunter
-
-    ours = str(Path(headhunter.__file__).parent)
-    transformer, _ = tiny_transformer("qwenimage")
-    inputs = embeddings("qwenimage", transformer)
     seen = []
 
     def spy(name):
@@ -256,14 +252,29 @@ def test_the_guider_reads_the_timestep_back_at_most_once_a_step(monkeypatch, ada
 
         def wrapper(self, *args, **kwargs):
             caller = traceback.extract_stack(limit=2)[0]
-            if caller.filename.startswith(ours):
+            if caller.filename.startswith(roots):
                 seen.append((name, caller.filename, caller.lineno))
             return original(self, *args, **kwargs)
 
         return wrapper
 
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "cpu", "numpy"):
+    for name in names:
         monkeypatch.setattr(torch.Tensor, name, spy(name))
+    return seen
+
+
+@pytest.mark.parametrize("adaptive", [0.0, 0.001])
+def test_the_guider_reads_the_timestep_back_at_most_once_a_step(monkeypatch, adaptive):
+    """Every tensor-to-Python conversion during a guided loop is recorded with its caller: none comes from headhunter
+    with a constant scale, and at most one a step (the timestep, for the adaptive scale) otherwise."""
+    from pathlib import Path
+
+    import headhunter
+
+    ours = str(Path(headhunter.__file__).parent)
+    transformer, _ = tiny_transformer("qwenimage")
+    inputs = embeddings("qwenimage", transformer)
+    seen = conversion_spy(monkeypatch, (ours,), CONVERSIONS + ("cpu",))
     guider = HeadHunterGuidance(heads="L0H1", pag_scale=2.0, guidance_scale=2.0, pag_adaptive_scale=adaptive)
     generate("qwenimage", transformer, guider, inputs)  # 3 steps, 3 passes each
     assert len(seen) == (0 if adaptive == 0 else 3), seen

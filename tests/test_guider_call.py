@@ -5,12 +5,11 @@ References: ``headhunter.perturb`` running the full perturbed pass (itself teste
 ``test_perturb.py``), and separate single-image calls of diffusers' modular pipelines with a bare guider."""
 
 import logging
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
-from test_guider import embeddings, generate, modular
+from test_guider import conversion_spy, embeddings, generate, modular
 
 import headhunter
 from headhunter.attention import perturb
@@ -156,31 +155,12 @@ def test_the_wrong_number_of_rows_for_per_row_heads_is_an_error():
             transformer(**inputs)
 
 
-def _conversions(monkeypatch):
-    seen = []
-
-    def spy(name):
-        original = getattr(torch.Tensor, name)
-
-        def wrapper(self, *args, **kwargs):
-            caller = traceback.extract_stack(limit=2)[0]
-            if caller.filename.startswith(OURS):
-                seen.append((name, caller.filename, caller.lineno))
-            return original(self, *args, **kwargs)
-
-        return wrapper
-
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "numpy"):
-        monkeypatch.setattr(torch.Tensor, name, spy(name))
-    return seen
-
-
 @pytest.mark.parametrize("adaptive", [0.0, 0.001])
 def test_an_attached_call_converts_no_tensor_in_its_steps(monkeypatch, adaptive):
     """A whole wrapped call (4 steps, CFG and perturbed passes): nothing from headhunter converts a tensor to a Python
     value, except the adaptive scale's one read of the schedule per call."""
     pipe = tiny_modular_pipeline("qwenimage")
-    seen = _conversions(monkeypatch)
+    seen = conversion_spy(monkeypatch, OURS)
     pipe(["a red fox", "a boat"], generator=[torch.Generator().manual_seed(s) for s in (1, 2)],
          pag_heads=["L1H0", "L0"], guidance_scale=2.0, pag_adaptive_scale=adaptive, num_inference_steps=4,
          height=32, width=32)

@@ -271,6 +271,21 @@ def test_compare_view_shows_both_images_pixel_aligned(page_at, viewport, server,
     page.locator("#compare").screenshot(path=str(ARTIFACTS / f"studio-compare-{viewport['width']}.png"))
 
 
+def render_xy(page, rows, values):
+    """Fill the XY tab (rows: head sets, one per line; values: the column values), render, wait for the image."""
+    page.get_by_role("tab", name="XY grid").click()
+    box = page.locator("#xy-rows textarea")
+    box.wait_for()
+    box.fill(rows)
+    field = page.locator("#xy-values textarea, #xy-values input").first
+    field.fill(values)
+    field.press("Tab")
+    page.wait_for_timeout(300)
+    page.get_by_role("button", name="Render grid").click()
+    page.locator("#xy-grid img").wait_for(timeout=60000)
+    page.wait_for_function("() => document.querySelector('#xy-grid img').naturalWidth > 0")
+
+
 @needs_chromium
 @pytest.mark.parametrize("viewport", VIEWPORTS)
 def test_a_working_session_seed_batch_history_xy_png_and_presets(page_at, viewport, server, tmp_path):
@@ -305,17 +320,7 @@ def test_a_working_session_seed_batch_history_xy_png_and_presets(page_at, viewpo
     wait_heads(page, "L1H3@0.5")
     assert page.get_by_label("Prompt", exact=True).input_value() == "a lighthouse" and seed_box.input_value() == "5"
     # the XY grid: 2 head sets × 3 PAG scales, one labelled image of that size
-    page.get_by_role("tab", name="XY grid").click()
-    rows = page.locator("#xy-rows textarea")
-    rows.wait_for()
-    rows.fill("none\nL1")
-    values = page.locator("#xy-values textarea, #xy-values input").first
-    values.fill("0,2,4")
-    values.press("Tab")
-    page.wait_for_timeout(300)
-    page.get_by_role("button", name="Render grid").click()
-    page.locator("#xy-grid img").wait_for(timeout=60000)
-    page.wait_for_function("() => document.querySelector('#xy-grid img').naturalWidth > 0")
+    render_xy(page, "none\nL1", "0,2,4")
     natural = page.locator("#xy-grid img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
     from headhunter.ui.xy import LABEL_HEIGHT, LABEL_WIDTH
 

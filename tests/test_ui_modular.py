@@ -5,7 +5,6 @@ line that remake the image, and every image the page shows carries its settings.
 import io
 import shlex
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,10 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the studio needs the ui extra (gradio)")
 
-from test_ui import ARTIFACTS, cell, free_port, launch_chromium, needs_chromium, toast, wait_heads  # noqa: E402
+from test_ui import (ARTIFACTS, cell, free_port, launch_chromium, needs_chromium, render_xy, toast,  # noqa: E402
+                     wait_heads)
 
-from headhunter.metadata import read_settings  # noqa: E402
+from headhunter.metadata import settings_of  # noqa: E402
 from headhunter.testing import tiny_modular_pipeline  # noqa: E402
 from headhunter.ui import Settings, Studio, build_app  # noqa: E402
 
@@ -26,12 +26,7 @@ def _served_settings(url, src):
     data = urllib.request.urlopen(src if src.startswith("http") else url.rstrip("/") + "/" + src.lstrip("/")).read()
     image = Image.open(io.BytesIO(data))
     assert image.format == "PNG"
-    path = Path(__file__).parent / "_served.png"
-    try:
-        path.write_bytes(data)
-        return read_settings(path)
-    finally:
-        path.unlink()
+    return settings_of(image)
 
 
 @pytest.fixture(scope="module", params=["qwenimage", "flux2"])
@@ -78,15 +73,7 @@ def test_the_studio_runs_the_model_in_the_browser(modular_server):
         assert sorted(s["pag_heads"] for s in atlas) == ["L1H0", "L1H1"]
         page.screenshot(path=str(ARTIFACTS / f"studio-{model}-atlas-1440.png"))
         # the XY grid: 2 head sets × 2 PAG scales, the shown grid with its settings
-        page.get_by_role("tab", name="XY grid").click()
-        page.locator("#xy-rows textarea").fill("none\nL1")
-        values = page.locator("#xy-values textarea, #xy-values input").first
-        values.fill("0,2")
-        values.press("Tab")
-        page.wait_for_timeout(300)
-        page.get_by_role("button", name="Render grid").click()
-        page.locator("#xy-grid img").wait_for(timeout=60000)
-        page.wait_for_function("() => document.querySelector('#xy-grid img').naturalWidth > 0")
+        render_xy(page, "none\nL1", "0,2")
         grid = _served_settings(url, page.locator("#xy-grid img").get_attribute("src"))
         assert grid["xy"]["rows"] == ["no heads (unguided)", "L1"] and grid["xy"]["values"] == [0.0, 2.0]
         # a search of one round, its heads saved as a preset of this model

@@ -338,9 +338,11 @@ class Evaluation:
                 continue
             flat = [(it, frame) for it in todo for frame in frames[it["fingerprint"]]]
             values = [float(v) for v in scorer([frame for _, frame in flat], [it["prompt"] for it, _ in flat])]
+            first = 0
             for it in todo:
-                mine = [v for (owner, _), v in zip(flat, values) if owner is it]
-                value = sum(mine) / len(mine)
+                count = len(frames[it["fingerprint"]])
+                value = sum(values[first : first + count]) / count
+                first += count
                 records.append({"kind": "score", "image_fingerprint": it["fingerprint"], "metric": metric,
                                 "metric_fingerprint": fp,
                                 "value": value if math.isfinite(value) else None})  # no NaN in JSON
