@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .attention import check_target_scope
-from .guidance import adaptive_scale, check_interval, in_interval
+from .guidance import adaptive_scale, check_interval, check_mode, check_reuse, in_interval, perturbed_steps
 from .heads import Head, HeadLayout, HeadSet
 
 __all__ = ["MAX_IMAGE_SIDE", "PAGArguments", "check_image_size", "heads_per_image", "layers_from_applied"]
@@ -87,6 +87,8 @@ class PAGArguments:
     pag_scope: str
     pag_interval: tuple[float, float]
     pag_adaptive_scale: float
+    pag_reuse: int = 1
+    pag_mode: str = "cond"
 
     @property
     def active(self) -> bool:
@@ -104,6 +106,18 @@ class PAGArguments:
         values = timesteps.tolist() if self.pag_adaptive_scale != 0 else [1000.0] * len(timesteps)
         return [self.scale_at(i, num_steps, t) for i, t in enumerate(values)]
 
+    def step_schedule(self, timesteps: Any, num_steps: int) -> tuple[list[float], list[bool]]:
+        """``w_t`` of every step (:meth:`step_scales`) and whether its perturbed pass runs (``pag_reuse``: every
+        k-th guided step; the steps between reuse the last ``v_c − v̂``)."""
+        scales = self.step_scales(timesteps, num_steps)
+        return scales, perturbed_steps(scales, self.pag_reuse)
+
+    def check_classifier_free_guidance(self, on: bool, how: str = "guidance_scale > 1") -> None:
+        """ValueError when ``pag_mode="uncond"`` is asked for without an unconditional pass to perturb."""
+        if self.active and self.pag_mode == "uncond" and not on:
+            raise ValueError(f"pag_mode='uncond' perturbs the unconditional pass, which runs only with classifier-free "
+                             f"guidance ({how}); use pag_mode='cond' without it")
+
     @classmethod
     def from_call(
         cls,
@@ -119,6 +133,8 @@ class PAGArguments:
         pag_applied_layers: Any,
         num_prompts: int,
         num_images_per_prompt: int,
+        pag_reuse: int = 1,
+        pag_mode: str = "cond",
     ) -> "PAGArguments":
         for name, value in (("pag_scale", pag_scale), ("pag_adaptive_scale", pag_adaptive_scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -129,10 +145,12 @@ class PAGArguments:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         check_target_scope(pag_target, pag_scope)
         interval = check_interval(pag_interval)
+        reuse = check_reuse(pag_reuse)
+        mode = check_mode(pag_mode, reuse)
         applied = layers_from_applied(pag_applied_layers, layout)
         per_image = heads_per_image(pag_heads, num_prompts, num_images_per_prompt)
         softness = tuple((heads | applied).softness_map(layout, pag_softness) for heads in per_image)
-        return cls(softness, float(pag_scale), pag_target, pag_scope, interval, float(pag_adaptive_scale))
+        return cls(softness, float(pag_scale), pag_target, pag_scope, interval, float(pag_adaptive_scale), reuse, mode)
 
 
 #: The largest side accepted anywhere: beyond it no model here was trained, and the latents alone exhaust memory.

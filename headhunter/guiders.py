@@ -48,7 +48,7 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
 from .attention import around_next_call, check_target_scope, perturb
 from .attention.install import PerturbationSession
 from .attention.perturb import per_row_heads, perturbation
-from .guidance import adaptive_scale, guided_prediction, in_interval
+from .guidance import adaptive_scale, check_mode, check_reuse, combine, guidance_delta, in_interval, runs_perturbed
 from .heads import HeadSet, load_preset, unwrap_compiled
 
 __all__ = ["HeadHunterGuidance"]
@@ -69,6 +69,12 @@ class HeadHunterGuidance(BaseGuidance):
         pag_scope: ``joint`` or ``image`` (identity only).
         pag_adaptive_scale: ``a`` in ``w_t = max(0, w − a·(1000 − t))``; 0 keeps ``w``.
         start, stop: the fraction of the steps where the perturbed pass runs (``pag_interval``).
+        pag_reuse: k ≥ 1: the perturbed pass runs on every k-th guided step only, and the last ``v_c − v̂`` is reused
+            on the steps between (they cost what an unguided or CFG step costs); 1 is exact.
+        pag_mode: ``"cond"`` (a perturbed pass of the conditional inputs, the paper) or ``"uncond"`` (needs
+            ``guidance_scale > 1``): the unconditional pass is perturbed instead and combined as CFG,
+            ``v = v̂_u + g·(v_c − v̂_u)`` — two passes per step, the perturbation weighted by ``g − 1``; ``pag_scale``
+            then only switches it on (> 0) or off.
         enabled: False turns the guider into plain conditional prediction.
         share_prefix: when attached (:meth:`attached`), start the perturbed pass from the conditional pass's
             activations at the first perturbed layer (True), at layer n or the first perturbed layer, whichever comes
@@ -95,6 +101,8 @@ class HeadHunterGuidance(BaseGuidance):
         stop: float = 1.0,
         enabled: bool = True,
         share_prefix: bool | int = True,
+        pag_reuse: int = 1,
+        pag_mode: str = "cond",
     ):
         super().__init__(start, stop, enabled)
         for name, value in (("pag_scale", pag_scale), ("guidance_scale", guidance_scale),
@@ -104,6 +112,11 @@ class HeadHunterGuidance(BaseGuidance):
         if not 0.0 <= float(pag_softness) <= 1.0:
             raise ValueError(f"pag_softness must be in [0, 1], got {pag_softness!r}")
         check_target_scope(pag_target, pag_scope)
+        self.pag_reuse = check_reuse(pag_reuse)
+        self.pag_mode = check_mode(pag_mode, self.pag_reuse)
+        if self.pag_mode == "uncond" and float(guidance_scale) <= 1.0:
+            raise ValueError("pag_mode='uncond' perturbs the unconditional pass, which runs only with classifier-free "
+                             f"guidance (guidance_scale > 1), got guidance_scale={guidance_scale!r}")
         self.heads = _head_sets(heads)
         self.pag_scale = float(pag_scale)
         self.guidance_scale = float(guidance_scale)
@@ -120,6 +133,8 @@ class HeadHunterGuidance(BaseGuidance):
         self._attached: tuple[torch.nn.Module, PerturbationSession] | None = None
         self._scheduler: Any = None  # the attached call's scheduler, for the adaptive scale's schedule
         self._schedule: list[float] | None = None
+        # pag_reuse, per call: guided steps so far, whether this step runs the perturbed pass, the last v_c − v̂
+        self._guided, self._perturb_now, self._delta = 0, None, None
 
     @classmethod
     def from_preset(cls, preset: str | os.PathLike, **overrides: Any) -> "HeadHunterGuidance":
@@ -139,7 +154,7 @@ class HeadHunterGuidance(BaseGuidance):
             raise RuntimeError("set_heads inside guider.attached(...): set the heads before the block")
         self.heads = _head_sets(heads)
         self.register_to_config(heads=[str(h) for h in self.heads] if isinstance(self.heads, list) else str(self.heads))
-        self._w_t = None
+        self._w_t, self._perturb_now, self._delta = None, None, None
 
     @property
     def perturbs(self) -> bool:
@@ -172,14 +187,20 @@ class HeadHunterGuidance(BaseGuidance):
                     self.cleanup_models(denoiser)
         finally:
             self._scheduler, self._schedule = None, None
+            self._perturb_now, self._delta = None, None
 
     # --- which passes run this step ---------------------------------------------------------------------------------
     def _cfg_on(self) -> bool:
         return self._enabled and self.guidance_scale > 1.0
 
     def set_state(self, step: int, num_inference_steps: int, timestep: torch.Tensor) -> None:
+        previous = self._step
         super().set_state(step, num_inference_steps, timestep)
         self._w_t = self._scale_at(step, num_inference_steps, timestep)
+        if step == 0 or previous is None or step <= previous:  # a new call: nothing of the last one is reused
+            self._guided, self._delta = 0, None
+        self._perturb_now = _positive(self._w_t) and runs_perturbed(self._guided, self.pag_reuse)
+        self._guided += _positive(self._w_t)
 
     def _scale_at(self, step: int | None, num_inference_steps: int | None, timestep: Any) -> float | torch.Tensor:
         """``w_t`` of a step: 0 outside ``[start, stop)`` or when nothing is perturbed, else ``w``, lowered by the
@@ -219,12 +240,18 @@ class HeadHunterGuidance(BaseGuidance):
             self._w_t = self._scale_at(self._step, self._num_inference_steps, self._timestep)
         return self._w_t
 
+    def _perturbs_now(self) -> bool:
+        """Whether this step perturbs a pass: ``w_t > 0`` and, with ``pag_reuse = k``, a k-th guided step."""
+        if self._perturb_now is None:  # before the first set_state (or after new settings)
+            return _positive(self._scale_now())
+        return self._perturb_now
+
     def _predictions(self) -> list[tuple[int, str]]:
         """(index into the (conditional, unconditional) inputs, prediction name) of each pass, in order."""
         passes = [(0, "pred_cond")]
         if self._cfg_on():
-            passes.append((1, "pred_uncond"))
-        if _positive(self._scale_now()):
+            passes.append((1, "pred_uncond"))  # perturbed itself with pag_mode="uncond"
+        if self.pag_mode == "cond" and self._perturbs_now():
             passes.append((0, "pred_cond_perturbed"))  # the conditional inputs, with CFG on or off
         return passes
 
@@ -249,11 +276,13 @@ class HeadHunterGuidance(BaseGuidance):
         self.cleanup_models(denoiser)  # a pass prepared but never run (its inputs failed) leaves nothing armed
         passes = self._predictions()
         name = passes[self._count_prepared - 1][1]
+        if name == "pred_uncond" and self.pag_mode == "uncond" and self._perturbs_now():
+            name = "pred_cond_perturbed"  # the pass to perturb (its inputs are the unconditional ones)
         if self._attached is not None and self._attached[0] is unwrap_compiled(denoiser):
             session = self._attached[1]
             if name == "pred_cond_perturbed":
-                self._disarm = around_next_call(denoiser, lambda: session.branch(perturbed=True, prefix="replay"
-                                                                                 if session.prefix_layer else None))
+                replay = "replay" if session.prefix_layer and self.pag_mode == "cond" else None
+                self._disarm = around_next_call(denoiser, lambda: session.branch(perturbed=True, prefix=replay))
             elif name == "pred_cond" and session.prefix_layer and passes[-1][1] == "pred_cond_perturbed":
                 self._disarm = around_next_call(denoiser, lambda: session.branch(perturbed=False, prefix="record"))
         elif name == "pred_cond_perturbed":
@@ -267,8 +296,19 @@ class HeadHunterGuidance(BaseGuidance):
 
     def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None,
                 pred_cond_perturbed: torch.Tensor | None = None) -> GuiderOutput:
-        pred = guided_prediction(pred_cond, pred_cond_perturbed, self._scale_now(), pred_uncond,
-                                 self.guidance_scale if pred_uncond is not None else 1.0)
+        w_t = self._scale_now()
+        delta = None
+        if pred_cond_perturbed is not None:
+            delta = guidance_delta(pred_cond, pred_cond_perturbed)
+            if self.pag_reuse > 1:
+                self._delta = delta
+        elif self.pag_mode == "cond" and self.pag_reuse > 1 and _positive(w_t):
+            delta = self._delta  # a step between two perturbed passes
+        if self._step is not None and self._num_inference_steps is not None \
+                and self._step >= self._num_inference_steps - 1:
+            self._delta = None  # the call's last step: hold no tensor after it
+        # pag_mode="uncond": no delta; pred_uncond was the perturbed pass, and this is CFG's own formula on it
+        pred = combine(pred_cond, delta, w_t, pred_uncond, self.guidance_scale if pred_uncond is not None else 1.0)
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
 
 

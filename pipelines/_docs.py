@@ -26,4 +26,14 @@ PAG_ARGS_DOC = """
             pag_applied_layers (`list[int | str]`, *optional*):
                 diffusers-compatible layer list (`[7, "blocks.8"]`), matched exactly, meaning every head of those
                 layers; added to `pag_heads`.
+            pag_reuse (`int`, defaults to 1):
+                Cheap mode: the perturbed rows run on every k-th guided step only, and the last `v_cond - v_perturbed`
+                is reused on the steps between (those cost what an unguided or CFG step costs). 1 is exact. The
+                README's "Cheap modes" table gives the measured trade-off (2 keeps the effect; 4 costs shape).
+            pag_mode (`str`, defaults to `"cond"`):
+                Which prediction carries the perturbation. `"cond"`: a perturbed copy of the conditional prediction
+                (the paper; rows of its own). `"uncond"` (needs classifier-free guidance): the unconditional rows are
+                perturbed instead, `v = v_uncond_perturbed + g * (v_cond - v_uncond_perturbed)`, so a guided step costs
+                exactly CFG's two passes; the perturbation's weight is then `g - 1` and `pag_scale` only switches it
+                on (> 0) or off (0).
 """

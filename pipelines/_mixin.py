@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, ContextManager
 
 from headhunter.arguments import PAGArguments
-from headhunter.attention import PerturbationPlan, build_plan
+from headhunter.attention import PerturbationPlan, build_plan, perturbed_heads
+from headhunter.attention.perturb import perturbation
 from headhunter.heads import HeadLayout
 
 
@@ -44,8 +46,10 @@ class HeadHunterMixin:
     def prepare_perturbation_plan(
         self, pag: PAGArguments, do_classifier_free_guidance: bool, text_len: int, device: Any = "cpu"
     ) -> PerturbationPlan | None:
-        """The plan for this call (its tensors on ``device``), or None when the perturbed branch never runs."""
-        if not pag.active:
+        """The plan for this call (its tensors on ``device``), or None when no perturbed rows are forked: the branch
+        never runs, or ``pag_mode="uncond"`` perturbs the unconditional rows in place (ValueError without CFG)."""
+        pag.check_classifier_free_guidance(do_classifier_free_guidance)
+        if not pag.active or pag.pag_mode == "uncond":
             return None
         return build_plan(
             self.head_layout,
@@ -57,3 +61,16 @@ class HeadHunterMixin:
             text_len=text_len,
             device=device,
         )
+
+    def perturbation_session(
+        self, pag: PAGArguments, plan: PerturbationPlan | None, text_len: int
+    ) -> ContextManager[Any]:
+        """What the denoising loop runs inside (switched per step with ``session.active``): the plan's processors and
+        fork hooks; for ``pag_mode="uncond"`` the perturbation of the unconditional rows of the batch
+        ``[uncond, cond]`` in place (the conditional rows carry no heads); else nothing (``None``)."""
+        if plan is not None:
+            return perturbed_heads(self.transformer, plan, active=False)
+        if pag.active and pag.pag_mode == "uncond":
+            rows = [*pag.softness, *({} for _ in pag.softness)]
+            return perturbation(self.transformer, rows, target=pag.pag_target, scope=pag.pag_scope, text_len=text_len)
+        return nullcontext()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Callable
 
 import numpy as np
@@ -12,8 +11,7 @@ from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.chroma.pipeline_chroma import XLA_AVAILABLE, calculate_shift, retrieve_timesteps
 from diffusers.pipelines.chroma.pipeline_output import ChromaPipelineOutput
 
-from headhunter.attention import perturbed_heads
-from headhunter.guidance import guided_prediction, scatter_perturbed
+from headhunter.guidance import combine, guidance_delta, scatter_perturbed
 from headhunter.locking import one_call_per_transformer
 
 from ._docs import PAG_ARGS_DOC
@@ -94,6 +92,8 @@ class HeadHunterChromaPipeline(HeadHunterMixin, ChromaPipeline):
         pag_interval: tuple[float, float] = (0.0, 1.0),
         pag_adaptive_scale: float = 0.0,
         pag_applied_layers: list[int | str] | None = None,
+        pag_reuse: int = 1,
+        pag_mode: str = "cond",
         # HeadHunter <<<
     ) -> ChromaPipelineOutput | tuple:
         height = height or self.default_sample_size * self.vae_scale_factor
@@ -139,6 +139,8 @@ class HeadHunterChromaPipeline(HeadHunterMixin, ChromaPipeline):
             pag_interval=pag_interval,
             pag_adaptive_scale=pag_adaptive_scale,
             pag_applied_layers=pag_applied_layers,
+            pag_reuse=pag_reuse,
+            pag_mode=pag_mode,
             ip_adapter_inputs=(ip_adapter_image, ip_adapter_image_embeds, negative_ip_adapter_image,
                                negative_ip_adapter_image_embeds),
         )
@@ -262,8 +264,10 @@ class HeadHunterChromaPipeline(HeadHunterMixin, ChromaPipeline):
             )
 
         # HeadHunter >>>
-        # HeadHunter: w_t of every step, known before the loop (the loop reads nothing back from the device)
-        pag_scales = pag.step_scales(timesteps, num_inference_steps) if plan is not None else None
+        # HeadHunter: w_t of every step and whether its perturbed pass runs (pag_reuse), known before the loop (the loop
+        # reads nothing back from the device); pag_delta: the last v_c - v_perturbed, reused on the steps between
+        pag_scales, pag_perturb = pag.step_schedule(timesteps, num_inference_steps) if pag.active else (None, None)
+        pag_delta = None
         # HeadHunter <<<
         # 6. Denoising loop
         # We set the index here to remove DtoH sync, helpful especially during compilation.
@@ -271,9 +275,9 @@ class HeadHunterChromaPipeline(HeadHunterMixin, ChromaPipeline):
         self.scheduler.set_begin_index(0)
         # HeadHunter >>>
 #|         with self.progress_bar(total=num_inference_steps) as progress_bar:
-        # HeadHunter: the SoftPAG processors and fork hooks are installed once for the whole loop and restored after it
-        with (
-            perturbed_heads(self.transformer, plan, active=False) if plan is not None else nullcontext()
+        # HeadHunter: the SoftPAG processors (and fork hooks) are installed once for the whole loop and restored after it
+        with self.perturbation_session(
+            pag, plan, text_len=prompt_embeds.shape[1]
         ) as session, self.progress_bar(total=num_inference_steps) as progress_bar:
         # HeadHunter <<<
             for i, t in enumerate(timesteps):
@@ -288,13 +292,16 @@ class HeadHunterChromaPipeline(HeadHunterMixin, ChromaPipeline):
                 timestep = t.expand(latents.shape[0]).to(latents.dtype)
 
                 # HeadHunter >>>
-                # HeadHunter: w_t for this step; 0 means the perturbed branch is not computed (the stock step below runs)
-                pag_scale_t = pag_scales[i] if plan is not None else 0.0
+                # HeadHunter: w_t for this step (0: no perturbation term, the stock step below runs) and whether the
+                # perturbed rows run (pag_reuse: on the other guided steps the last v_c - v_perturbed is reused)
+                pag_scale_t = pag_scales[i] if pag_scales is not None else 0.0
+                run_branch = pag_perturb[i] if pag_scales is not None else False
                 if session is not None:
-                    session.active = pag_scale_t > 0
+                    session.active = run_branch
                 if pag_scale_t > 0:
                     # every branch in one forward: [negative;] conditional, and the perturbed rows forked inside the
-                    # transformer at the first perturbed layer; the embeddings are read here, so a callback may change them
+                    # transformer at the first perturbed layer (none on a reuse step; with pag_mode="uncond" the
+                    # negative rows are perturbed in place); the embeddings are read here, so a callback may change them
                     if self.do_classifier_free_guidance:
                         branch_latents = torch.cat([latents] * 2)
                         branch_prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
@@ -304,7 +311,7 @@ class HeadHunterChromaPipeline(HeadHunterMixin, ChromaPipeline):
                         branch_attention_mask = attention_mask
                     branch_pred = self.transformer(
                         hidden_states=branch_latents,
-                        timestep=t.expand(plan.base_rows).to(latents.dtype) / 1000,
+                        timestep=t.expand(branch_latents.shape[0]).to(latents.dtype) / 1000,
                         encoder_hidden_states=branch_prompt_embeds,
                         txt_ids=text_ids,
                         img_ids=latent_image_ids,
@@ -312,16 +319,17 @@ class HeadHunterChromaPipeline(HeadHunterMixin, ChromaPipeline):
                         joint_attention_kwargs=self.joint_attention_kwargs,
                         return_dict=False,
                     )[0]
-                    base_pred, perturbed_rows = branch_pred[: plan.base_rows], branch_pred[plan.base_rows :]
+                    base_rows = branch_latents.shape[0]
+                    base_pred, perturbed_rows = branch_pred[:base_rows], branch_pred[base_rows:]
                     neg_noise_pred, noise_pred = (
                         base_pred.chunk(2) if self.do_classifier_free_guidance else (None, base_pred)
                     )
-                    noise_pred = guided_prediction(
-                        noise_pred,
-                        scatter_perturbed(noise_pred, perturbed_rows, plan.sample_index),
-                        pag_scale_t,
-                        neg_noise_pred,
-                        guidance_scale,
+                    if run_branch and plan is not None:
+                        pag_delta = guidance_delta(
+                            noise_pred, scatter_perturbed(noise_pred, perturbed_rows, plan.sample_index)
+                        )
+                    noise_pred = combine(
+                        noise_pred, pag_delta if plan is not None else None, pag_scale_t, neg_noise_pred, guidance_scale
                     )
                 else:
                 # HeadHunter <<<

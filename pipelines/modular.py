@@ -99,6 +99,8 @@ class HeadHunterModularPipeline:
         pag_scope: str = "joint",
         pag_interval: Sequence[float] = (0.0, 1.0),
         pag_adaptive_scale: float = 0.0,
+        pag_reuse: int = 1,
+        pag_mode: str = "cond",
         guidance_scale: float | None = None,
         num_inference_steps: int = 28,
         height: int | None = None,
@@ -132,7 +134,8 @@ class HeadHunterModularPipeline:
         for heads in heads_per_image:  # before any image is made (the guider perturbs without text_len)
             check_scope_layers(self.head_layout, {head.layer for head in heads}, pag_scope)
         settings = dict(pag_scale=pag_scale, guidance_scale=cfg, pag_softness=pag_softness, pag_target=pag_target,
-                        pag_scope=pag_scope, pag_adaptive_scale=pag_adaptive_scale, start=start, stop=stop)
+                        pag_scope=pag_scope, pag_adaptive_scale=pag_adaptive_scale, start=start, stop=stop,
+                        pag_reuse=pag_reuse, pag_mode=pag_mode)
         with holding_transformer(self.transformer):
             guider = self._guider_for(settings)
             same = all(str(heads) == str(heads_per_image[0]) for heads in heads_per_image)

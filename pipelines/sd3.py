@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
@@ -16,8 +15,7 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
     retrieve_timesteps,
 )
 
-from headhunter.attention import perturbed_heads
-from headhunter.guidance import guided_prediction, scatter_perturbed
+from headhunter.guidance import combine, guidance_delta, scatter_perturbed
 from headhunter.locking import one_call_per_transformer
 
 from ._docs import PAG_ARGS_DOC
@@ -112,6 +110,8 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
         pag_interval: tuple[float, float] = (0.0, 1.0),
         pag_adaptive_scale: float = 0.0,
         pag_applied_layers: list[int | str] | None = None,
+        pag_reuse: int = 1,
+        pag_mode: str = "cond",
         # HeadHunter <<<
     ) -> StableDiffusion3PipelineOutput | tuple:
 
@@ -166,6 +166,8 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
             pag_interval=pag_interval,
             pag_adaptive_scale=pag_adaptive_scale,
             pag_applied_layers=pag_applied_layers,
+            pag_reuse=pag_reuse,
+            pag_mode=pag_mode,
             ip_adapter_inputs=(ip_adapter_image, ip_adapter_image_embeds),
         )
         # HeadHunter <<<
@@ -257,8 +259,10 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
         num_warmup_steps = max(len(timesteps) - num_inference_steps * self.scheduler.order, 0)
         self._num_timesteps = len(timesteps)
         # HeadHunter >>>
-        # HeadHunter: w_t of every step, known before the loop (the loop reads nothing back from the device)
-        pag_scales = pag.step_scales(timesteps, num_inference_steps) if plan is not None else None
+        # HeadHunter: w_t of every step and whether its perturbed pass runs (pag_reuse), known before the loop (the loop
+        # reads nothing back from the device); pag_delta: the last v_c - v_perturbed, reused on the steps between
+        pag_scales, pag_perturb = pag.step_schedule(timesteps, num_inference_steps) if pag.active else (None, None)
+        pag_delta = None
         # HeadHunter <<<
 
         # 6. Prepare image embeddings
@@ -279,9 +283,9 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
         # 7. Denoising loop
         # HeadHunter >>>
 #|         with self.progress_bar(total=num_inference_steps) as progress_bar:
-        # HeadHunter: the SoftPAG processors and fork hooks are installed once for the whole loop and restored after it
-        with (
-            perturbed_heads(self.transformer, plan, active=False) if plan is not None else nullcontext()
+        # HeadHunter: the SoftPAG processors (and fork hooks) are installed once for the whole loop and restored after it
+        with self.perturbation_session(
+            pag, plan, text_len=prompt_embeds.shape[1]
         ) as session, self.progress_bar(total=num_inference_steps) as progress_bar:
         # HeadHunter <<<
             for i, t in enumerate(timesteps):
@@ -289,9 +293,10 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
                     continue
 
                 # HeadHunter >>>
-                # HeadHunter: w_t for this step; 0 means the perturbed branch is not computed (the stock step runs)
-                pag_scale_t = pag_scales[i] if plan is not None else 0.0
-                run_branch = pag_scale_t > 0
+                # HeadHunter: w_t for this step (0: no perturbation term, the stock step runs) and whether the perturbed
+                # rows run (pag_reuse: on the other guided steps the last v_c - v_perturbed is reused)
+                pag_scale_t = pag_scales[i] if pag_scales is not None else 0.0
+                run_branch = pag_perturb[i] if pag_scales is not None else False
                 if session is not None:
                     session.active = run_branch
                 # HeadHunter <<<
@@ -319,17 +324,24 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
 #|                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
 #|                     noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
                 # perform guidance: v = v_u + g (v_c - v_u) + w_t (v_c - v_perturbed); the perturbed rows come last
+                # (pag_mode="uncond": no such rows, the unconditional rows were perturbed, and the CFG formula runs)
                 noise_pred_perturbed = None
-                if run_branch:
+                if run_branch and plan is not None:
                     noise_pred, noise_pred_perturbed = noise_pred[: plan.base_rows], noise_pred[plan.base_rows :]
                 if self.do_classifier_free_guidance:
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                 else:
                     noise_pred_uncond, noise_pred_text = None, noise_pred
-                if run_branch:
-                    noise_pred_perturbed = scatter_perturbed(noise_pred_text, noise_pred_perturbed, plan.sample_index)
-                noise_pred = guided_prediction(
-                    noise_pred_text, noise_pred_perturbed, pag_scale_t, noise_pred_uncond, self.guidance_scale
+                if noise_pred_perturbed is not None:
+                    pag_delta = guidance_delta(
+                        noise_pred_text, scatter_perturbed(noise_pred_text, noise_pred_perturbed, plan.sample_index)
+                    )
+                noise_pred = combine(
+                    noise_pred_text,
+                    pag_delta if plan is not None and pag_scale_t > 0 else None,
+                    pag_scale_t,
+                    noise_pred_uncond,
+                    self.guidance_scale,
                 )
                 if self.do_classifier_free_guidance:
                 # HeadHunter <<<

@@ -22,7 +22,7 @@ ATTENTION_MODULE = {
 
 
 def explicit_attention(q, k, v, mask, u, target, image=None):
-    """q, k, v: [B, S, H, D]; u: [H] (None: plain attention); image: (image slice, text slice) for the image scope."""
+    """q, k, v: [B, S, H, D]; u: [H] or [B, H] (None: plain attention); image: (image slice, text slice) for the image scope."""
     q, k, v = (x.double() for x in (q, k, v))
     batch, n, heads, dim = q.shape
     logits = torch.einsum("bqhd,bkhd->bhqk", q, k) / dim**0.5
@@ -57,7 +57,8 @@ def explicit_attention(q, k, v, mask, u, target, image=None):
     else:  # max: one-hot at each query's best key among the real ones (first on ties)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k).masked_fill(~valid[:, None, None, :], float("-inf"))
         T = F.one_hot(scores.argmax(-1), n).double()
-    M = (1 - u.double())[None, :, None, None] * A + u.double()[None, :, None, None] * T
+    u = u.double()[None, :, None, None] if u.ndim == 1 else u.double()[:, :, None, None]  # [H] or one row each [B, H]
+    M = (1 - u) * A + u * T
     return torch.einsum("bhqk,bkhd->bqhd", M, v).float()
 
 

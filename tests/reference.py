@@ -106,24 +106,38 @@ def _layers(transformer) -> dict:
     return layers
 
 
-def _denoise(pipe, latents, timesteps, run, cond, uncond, cfg_scale, kernel, softness, pag_scale):
-    """The guided sampling loop, one branch per forward: v = v_u + g (v_c - v_u) + w (v_c - v_p)."""
-    for t in timesteps:
+def _denoise(pipe, latents, timesteps, run, cond, uncond, cfg_scale, kernel, softness, pag_scale, reuse=1,
+             interval=(0.0, 1.0), mode="cond"):
+    """The guided sampling loop, one branch per forward: v = v_u + g (v_c - v_u) + w (v_c - v_p).
+
+    The cheap modes, written out: a step is guided when start <= i/n < end; with ``reuse`` = k the perturbed branch
+    runs on guided steps 0, k, 2k, ... (counted among guided steps) and the last v_c - v_p is used on the others;
+    ``mode="uncond"`` perturbs the unconditional branch on guided steps and combines v = v_u' + g (v_c - v_u')."""
+    n, guided, delta = len(timesteps), 0, None
+    for i, t in enumerate(timesteps):
+        on = bool(softness) and pag_scale > 0 and interval[0] <= i / n < interval[1]
         v_c = run(latents, *cond, t)
         v = v_c
         if uncond is not None:
-            v_u = run(latents, *uncond, t)
+            if mode == "uncond" and on:
+                with explicit_attention(pipe.transformer, kernel, _layers(pipe.transformer)):
+                    v_u = run(latents, *uncond, t)
+            else:
+                v_u = run(latents, *uncond, t)
             v = v_u + cfg_scale * (v_c - v_u)
-        if softness and pag_scale:
-            with explicit_attention(pipe.transformer, kernel, _layers(pipe.transformer)):
-                v_p = run(latents, *cond, t)
-            v = v + pag_scale * (v_c - v_p)
+        if on and mode == "cond":
+            if guided % reuse == 0:
+                with explicit_attention(pipe.transformer, kernel, _layers(pipe.transformer)):
+                    v_p = run(latents, *cond, t)
+                delta = v_c - v_p
+            guided += 1
+            v = v + pag_scale * delta
         latents = pipe.scheduler.step(v, t, latents, return_dict=False)[0]
     return latents
 
 
 def reference_sd3(pipe, prompt, seed, softness, *, steps, guidance_scale, pag_scale, target="identity", scope="joint",
-                  negative_prompt=None, size=32):
+                  negative_prompt=None, size=32, **rule):
     """Final latents of one SD3 image, every branch run separately, perturbed attention from explicit matrices."""
     cfg = guidance_scale > 1
     pe, npe, ppe, nppe = pipe.encode_prompt(prompt, None, None, negative_prompt=negative_prompt,
@@ -138,7 +152,7 @@ def reference_sd3(pipe, prompt, seed, softness, *, steps, guidance_scale, pag_sc
                                 pooled_projections=pooled, return_dict=False)[0]
 
     uncond = (npe, nppe) if cfg else None
-    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, guidance_scale, kernel, softness, pag_scale)
+    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, guidance_scale, kernel, softness, pag_scale, **rule)
 
 
 def _shifted_timesteps(pipe, latents, steps):
@@ -153,7 +167,7 @@ def _shifted_timesteps(pipe, latents, steps):
 
 
 def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="identity", scope="joint",
-                   negative_prompt=None, true_cfg_scale=1.0, guidance_scale=3.5, size=32, max_sequence_length=48):
+                   negative_prompt=None, true_cfg_scale=1.0, guidance_scale=3.5, size=32, max_sequence_length=48, **rule):
     """Final (packed) latents of one FLUX image, every branch run separately."""
     pe, ppe, text_ids = pipe.encode_prompt(prompt, None, device="cpu", max_sequence_length=max_sequence_length)
     cfg = true_cfg_scale > 1 and negative_prompt is not None
@@ -171,11 +185,11 @@ def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="id
                                 img_ids=image_ids, return_dict=False)[0]
 
     uncond = (npe, nppe) if cfg else None
-    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, true_cfg_scale, kernel, softness, pag_scale)
+    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, true_cfg_scale, kernel, softness, pag_scale, **rule)
 
 
 def reference_chroma(pipe, prompt, seed, softness, *, steps, pag_scale, target="identity", scope="joint",
-                     negative_prompt=None, guidance_scale=1.0, size=32, max_sequence_length=48):
+                     negative_prompt=None, guidance_scale=1.0, size=32, max_sequence_length=48, **rule):
     """Final (packed) latents of one Chroma image, every branch run separately, with the model's text-padding mask."""
     cfg = guidance_scale > 1
     pe, text_ids, mask, npe, _, nmask = pipe.encode_prompt(
@@ -195,4 +209,5 @@ def reference_chroma(pipe, prompt, seed, softness, *, steps, pag_scale, target="
                                 return_dict=False)[0]
 
     uncond = (npe, nmask) if cfg else None
-    return _denoise(pipe, latents, timesteps, run, (pe, mask), uncond, guidance_scale, kernel, softness, pag_scale)
+    return _denoise(pipe, latents, timesteps, run, (pe, mask), uncond, guidance_scale, kernel, softness, pag_scale,
+                    **rule)
