@@ -16,7 +16,8 @@ from .attention import check_target_scope
 from .guidance import adaptive_scale, check_interval, check_mode, check_reuse, in_interval, perturbed_steps
 from .heads import Head, HeadLayout, HeadSet
 
-__all__ = ["MAX_IMAGE_SIDE", "PAGArguments", "check_image_size", "heads_per_image", "layers_from_applied"]
+__all__ = ["MAX_IMAGE_SIDE", "PAGArguments", "check_image_size", "classifier_free_guidance_on", "heads_per_image",
+           "layers_from_applied"]
 
 
 def _is_per_image_list(value: Any) -> bool:
@@ -151,6 +152,14 @@ class PAGArguments:
         per_image = heads_per_image(pag_heads, num_prompts, num_images_per_prompt)
         softness = tuple((heads | applied).softness_map(layout, pag_softness) for heads in per_image)
         return cls(softness, float(pag_scale), pag_target, pag_scope, interval, float(pag_adaptive_scale), reuse, mode)
+
+
+def classifier_free_guidance_on(call: Mapping[str, Any], family: str) -> bool:
+    """Whether a call with these arguments runs an unconditional pass: FLUX.1 with ``true_cfg_scale > 1`` and a
+    negative prompt (its ``guidance_scale`` is the distilled embedding), every other model with ``guidance_scale > 1``."""
+    if family == "flux":
+        return float(call.get("true_cfg_scale") or 1.0) > 1 and bool(call.get("negative_prompt"))
+    return float(call.get("guidance_scale") or 1.0) > 1
 
 
 #: The largest side accepted anywhere: beyond it no model here was trained, and the latents alone exhaust memory.

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 __all__ = ["PAG_MODES", "adaptive_scale", "check_interval", "check_mode", "check_reuse", "combine", "default_cfg_scale",
-           "guidance_delta", "guided_prediction", "in_interval", "perturbed_steps", "runs_perturbed", "scatter_perturbed"]
+           "guidance_delta", "guided_prediction", "in_interval", "passes_per_step", "perturbed_steps", "runs_perturbed", "scatter_perturbed"]
 
 #: Which prediction carries the perturbation: ``"cond"`` — a perturbed copy of the conditional pass, ``v̂`` (the
 #: paper; a pass of its own) — or ``"uncond"`` — the unconditional pass itself, perturbed (``v̂_u``; with CFG on, a
@@ -95,6 +95,19 @@ def perturbed_steps(scales: Sequence[float], pag_reuse: int = 1) -> list[bool]:
         flags.append(w_t > 0 and runs_perturbed(guided, pag_reuse))
         guided += w_t > 0
     return flags
+
+
+def passes_per_step(num_steps: int, interval: Sequence[float] = (0.0, 1.0), pag_reuse: int = 1,
+                    pag_mode: str = "cond", cfg: bool = False) -> float:
+    """Transformer passes per denoising step of one guided image, on average: 1 (conditional), + 1 with CFG, + the
+    share of steps that run the perturbed pass (none with ``pag_mode="uncond"``, which perturbs the unconditional
+    pass). An adaptive scale that reaches 0 early makes it less; prefix sharing makes each perturbed pass cheaper."""
+    start, end = check_interval(interval)
+    base = 2.0 if cfg else 1.0
+    if pag_mode == "uncond" or num_steps < 1:
+        return base
+    scales = [1.0 if in_interval(i, num_steps, (start, end)) else 0.0 for i in range(num_steps)]
+    return base + sum(perturbed_steps(scales, pag_reuse)) / num_steps
 
 
 def check_reuse(pag_reuse: object) -> int:

@@ -4,6 +4,8 @@ perturbed, ``v = v̂_u + g·(v_c − v̂_u)``), in the three pipelines (explicit
 separately: ``reference.py``) and in the guider on a modular pipeline (``test_guider.ReferenceGuider``'s explicit
 attention, with the rule written out below). fp32, max abs difference ≤ 1e-5 on final latents."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from diffusers.guiders.guider_utils import GuiderOutput
@@ -12,10 +14,12 @@ from test_exactness import _softness
 from test_guider import ReferenceGuider, embeddings, generate
 from explicit_attention import explicit_perturbation
 
+import headhunter
+from headhunter.guidance import passes_per_step
 from headhunter.guiders import HeadHunterGuidance
 from headhunter.heads import HeadLayout
 from headhunter.pipelines import HeadHunterChromaPipeline, HeadHunterFluxPipeline, HeadHunterSD3Pipeline
-from headhunter.testing import build_pipeline, tiny_components, tiny_transformer
+from headhunter.testing import TINY_MODULAR_CALL, build_pipeline, tiny_components, tiny_modular_pipeline, tiny_transformer
 
 TOL = 1e-5
 PROMPTS = ["a red fox in snow", "a blue cube", "an old lighthouse on a cliff at dusk"]
@@ -212,3 +216,83 @@ def test_the_guider_equals_the_rule_by_hand_with_an_interval_and_one_head_set_pe
     exact = run(RuleGuider(model_type, per_layer, "uniform", 2.0, g, interval=interval))
     assert (ours - reference).abs().max() <= 1e-5
     assert (ours - exact).abs().max() > 1e-3  # the rule matters
+
+
+@pytest.mark.parametrize("cfg", [False, True])
+@pytest.mark.parametrize("pag", [dict(pag_reuse=1), dict(pag_reuse=2), dict(pag_reuse=3), dict(pag_mode="uncond")])
+def test_passes_per_step_is_what_the_transformer_sees(pipes, cfg, pag):
+    if pag.get("pag_mode") == "uncond" and not cfg:
+        pytest.skip("uncond needs CFG")
+    pipe = pipes["sd3"]
+    rows, handle = _rows_per_call(pipe)
+    try:
+        pipe("a fox", num_inference_steps=STEPS, height=32, width=32, output_type="latent", pag_heads="L1H0",
+             pag_interval=INTERVAL, guidance_scale=2.5 if cfg else 1.0, **pag)
+    finally:
+        handle.remove()
+    assert sum(rows) / STEPS == pytest.approx(passes_per_step(STEPS, INTERVAL, cfg=cfg, **pag))
+
+
+def test_passes_per_step_by_hand():
+    assert passes_per_step(20) == 2.0
+    assert passes_per_step(20, pag_reuse=2) == 1.5
+    assert passes_per_step(20, pag_reuse=3) == 1.35  # steps 0, 3, ..., 18: 7 of 20
+    assert passes_per_step(20, pag_reuse=4, cfg=True) == 2.25
+    assert passes_per_step(20, (0.5, 1.0)) == 1.5
+    assert passes_per_step(20, pag_mode="uncond", cfg=True) == 2.0
+
+
+@pytest.mark.parametrize("setting", [dict(reuse=2), dict(reuse=3), dict(mode="uncond")])
+def test_an_attached_guider_with_prefix_reuse_and_per_row_heads_follows_the_rule(setting):
+    """The fast path (installed once, the perturbed pass replaying the conditional pass's prefix) against the rule
+    written out, with three rows: their own heads, none, and another set."""
+    pipe = tiny_modular_pipeline("qwenimage")
+    prompts, seeds, heads = ["a red fox", "a blue boat on a lake", "a cat"], [4, 5, 6], ["L1H0", "", "L0,L1H1@0.5"]
+    per_layer = {0: torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
+                 1: torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.5]])}
+    reuse, mode = setting.get("reuse", 1), setting.get("mode", "cond")
+
+    def run(guider, attach):
+        pipe.modular.update_components(guider=guider)
+        with guider.attached(pipe.transformer, pipe.modular.scheduler) if attach else nullcontext():
+            return pipe.modular(prompt=prompts, negative_prompt=["blurry"] * 3, num_inference_steps=5, height=32,
+                                width=32, generator=[torch.Generator().manual_seed(s) for s in seeds],
+                                output="latents", **TINY_MODULAR_CALL["qwenimage"])
+
+    ours = run(HeadHunterGuidance(heads=heads, pag_scale=2.0, guidance_scale=2.0, start=0.2, pag_reuse=reuse,
+                                  pag_mode=mode, share_prefix=True), attach=True)
+    assert headhunter.installed(pipe.transformer) == []
+    reference = run(RuleGuider("qwenimage", per_layer, "identity", 2.0, 2.0, reuse=reuse, mode=mode,
+                               interval=(0.2, 1.0)), attach=False)
+    assert (ours - reference).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("script,stem", [("cheap_modes", "cheap-modes-small"), ("adaptive_reuse", "adaptive-reuse-small")])
+def test_the_benchmark_scripts_run_in_their_small_mode(tmp_path, script, stem):
+    """benchmarks/cheap_modes.py and adaptive_reuse.py --small: every table on a few pairs, figures that hold by
+    construction (the exact row is 0 from exact, reuse k runs the perturbed pass on 1 step in k)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / f"{script}.py"), "--small", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / f"{stem}.json").read_text())
+    tables = result["tables"].values() if script == "cheap_modes" else [result]
+    for table in tables:
+        rows = table["rows"]
+        assert rows["exact"]["pixel_diff_to_exact"] == 0 and rows["exact"]["gain_kept"] == pytest.approx(1.0)
+        assert rows["reuse 2"]["passes_per_step"] == pytest.approx(rows["exact"]["passes_per_step"] - 0.5)
+        assert rows["reuse 4"]["passes_per_step"] == pytest.approx(rows["exact"]["passes_per_step"] - 0.75)
+    if script == "cheap_modes":
+        assert set(result["search"]) == {"exact greedy", "greedy, pag_reuse=2", "coarse (4 of 20 steps), pag_reuse=2",
+                                         "coarse (4 of 20 steps), exact"}
+        assert result["tables"]["warmth, CFG on"]["rows"]["uncond (pag_mode)"]["passes_per_step"] == 2.0
+    else:
+        assert result["loop_vs_pipeline_max_pixel_diff"] == 0  # the experiment's loop is the pipeline's rule
+    assert (tmp_path / f"{stem}.md").read_text().count("| exact |") == len(list(tables))

@@ -171,3 +171,15 @@ def test_generate_never_overwrites(tmp_path, capsys):
         assert main(["generate", "--prompt", "a red fox", "--seed", "3", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["a-red-fox-s3-2.png", "a-red-fox-s3.png"]
     assert all(read_settings(p)["seed"] == 3 for p in tmp_path.glob("*.png"))
+
+
+def test_generate_with_a_cheap_mode_records_it_and_the_png_regenerates_it(tmp_path):
+    argv = ["generate", "--prompt", "a red fox", "--heads", "L1H2,L0", "--cfg", "2.5", "--out", str(tmp_path)]
+    assert main([*argv, "--pag-reuse", "2"]) == 0
+    settings = read_settings(next(tmp_path.glob("*.png")))
+    assert settings["pag_reuse"] == 2 and "pag_mode" not in settings  # only what was asked for
+    pipe = load_pipeline(settings["model"], "cpu")
+    kwargs = {k: v for k, v in settings.items() if k not in ("model", "prompt", "seed")}
+    kwargs["pag_interval"] = tuple(kwargs["pag_interval"])
+    again = pipe(settings["prompt"], generator=torch.Generator().manual_seed(settings["seed"]), **kwargs).images[0]
+    assert np.array_equal(np.asarray(again), np.asarray(Image.open(next(tmp_path.glob("*.png"))).convert("RGB")))

@@ -188,3 +188,30 @@ def test_saved_exported_and_imported_presets(studio, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(gr.Error, match="Import: "):
         other.import_preset(str(tmp_path / "bad.json"))
+
+
+def test_the_cheap_modes_reach_the_call_the_snippets_the_pngs_and_the_cost_note(studio):
+    panel = Settings("a red fox", seed=2, steps=4, size=32, cfg=1.0, pag_scale=2.0, heads="L1H0", reuse=2)
+    (unguided, guided), *_, python, cli, files, history, _ = studio.generate(panel)
+    assert "pag_reuse=2" in python and "--pag-reuse 2" in cli and "pag_mode" not in python
+    from headhunter.metadata import read_settings
+    assert read_settings(files[1])["pag_reuse"] == 2
+    assert Settings.from_metadata(read_settings(files[1]), "sd3").reuse == 2  # a dropped PNG restores it
+    # 4 steps, reuse 2: the perturbed pass on steps 0 and 2 of 4
+    note = studio.mode_cost(panel)
+    assert note.startswith("Cost: 1.50 transformer passes per step (exact 2.00, unguided 1)") and "measured" in note
+    uncond = Settings("a red fox", steps=4, size=32, cfg=3.0, heads="L1H0", mode="uncond")
+    assert studio.mode_cost(uncond).startswith("Cost: 2.00 transformer passes per step (exact 3.00, unguided 2)")
+    *_, python, cli, _, _, _ = studio.generate(uncond)
+    assert "pag_mode='uncond'" in python and "--pag-mode uncond" in cli
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(reuse=0), "Reuse: 1 or more"),
+    (dict(reuse="two"), "Reuse: a whole number"),
+    (dict(mode="third"), "Mode: one of cond, uncond"),
+    (dict(mode="uncond", cfg=1.0), "Mode uncond perturbs CFG's unconditional pass: it needs CFG above 1"),
+])
+def test_bad_cheap_mode_fields_are_named(fields, message):
+    with pytest.raises(ValueError, match=message):
+        Settings("a fox", **fields).checked()

@@ -119,6 +119,14 @@ def build_app(studio: Studio) -> gr.Blocks:
                         scope = gr.Dropdown(SCOPES, value=defaults.scope, label="Scope")
                         start = gr.Slider(0, 1, value=defaults.start, step=0.05, label="Interval start")
                         end = gr.Slider(0, 1, value=defaults.end, step=0.05, label="Interval end")
+                    with gr.Row():
+                        mode = gr.Dropdown(["cond", "uncond"], value=defaults.mode, label="Mode",
+                                           info="cond: a perturbed pass of its own; uncond: CFG's unconditional "
+                                                "pass is perturbed instead (CFG > 1; 2 passes a step)")
+                        reuse = gr.Number(label="Reuse", value=defaults.reuse, precision=0,
+                                          info="the perturbed pass every k-th guided step, reused between "
+                                               "(1 exact; see the README's cheap modes)")
+                    mode_cost = gr.Markdown(studio.mode_cost(defaults), elem_id="mode-cost")
                     negative = gr.Textbox(label="Negative prompt", value=defaults.negative)
                 with gr.Accordion("Save, export, import presets", open=False):
                     with gr.Row():
@@ -206,7 +214,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                                         elem_id="runs")
 
         settings = [prompt, negative, seed, steps, size, cfg, flux_guidance, pag_scale, adaptive, softness, target,
-                    scope, start, end, heads]
+                    scope, start, end, heads, reuse, mode]
+        panel = [c for c in settings if c is not heads]  # the fields whose changes redraw the notes below
         assert len(settings) == len(FIELDS)
         instant = dict(concurrency_limit=None, show_progress="hidden")
 
@@ -262,8 +271,11 @@ def build_app(studio: Studio) -> gr.Blocks:
             trigger(studio.atlas_cost, atlas_inputs, [atlas_cost], **instant)
         for trigger in (contents.change, seeds.change, top_k.change, rounds.change, generating.then):
             trigger(studio.search_cost, search_inputs, [search_cost], **instant)
-        gr.on([c.change for c in settings[:-1]], lambda *values: studio.search_uses(Settings(*values)), settings,
+        gr.on([c.change for c in panel], lambda *values: studio.search_uses(Settings(*values)), settings,
               [search_uses], **instant)
+        gr.on([c.change for c in panel], lambda *values: studio.mode_cost(Settings(*values)), settings, [mode_cost],
+              **instant)
+        generating.then(lambda *values: studio.mode_cost(Settings(*values)), settings, [mode_cost], **instant)
 
         # a search has its own queue slot: it takes the pipeline one batch at a time, so images go in between
         search_outputs = [status, heatmap, ranking, found, preset, runs]

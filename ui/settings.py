@@ -6,6 +6,8 @@ import math
 from dataclasses import astuple, dataclass, fields, replace
 from typing import Any
 
+from headhunter.guidance import PAG_MODES
+
 __all__ = ["FIELDS", "Settings"]
 
 
@@ -29,11 +31,13 @@ class Settings:
     start: float = 0.0
     end: float = 1.0
     heads: str = ""
+    reuse: int = 1
+    mode: str = "cond"
 
     def checked(self) -> "Settings":
         """These settings with numbers as numbers; ValueError naming the first field that is wrong."""
         values = {}
-        for name in ("seed", "steps", "size"):
+        for name in ("seed", "steps", "size", "reuse"):
             try:
                 values[name] = int(getattr(self, name))
             except (TypeError, ValueError):
@@ -52,6 +56,12 @@ class Settings:
         for name in ("cfg", "flux_guidance", "pag_scale", "adaptive"):
             if values[name] < 0:
                 raise ValueError(f"{_label(name)}: 0 or more, got {values[name]:g}")
+        if values["reuse"] < 1:
+            raise ValueError(f"Reuse: 1 or more (1 is exact), got {values['reuse']}")
+        if self.mode not in PAG_MODES:
+            raise ValueError(f"Mode: one of {', '.join(PAG_MODES)}, got {self.mode!r}")
+        if self.mode == "uncond" and (values["reuse"] != 1 or values["cfg"] <= 1):
+            raise ValueError("Mode uncond perturbs CFG's unconditional pass: it needs CFG above 1 and Reuse 1")
         if not 0.0 <= values["softness"] <= 1.0:
             raise ValueError(f"Softness: {values['softness']:g} is outside [0, 1]")
         return replace(self, prompt=self.prompt or "", negative=self.negative or "", heads=self.heads or "", **values)
@@ -65,6 +75,10 @@ class Settings:
                                       negative_prompt=self.negative or None)
         if self.adaptive:
             kwargs["pag_adaptive_scale"] = self.adaptive
+        if self.reuse != 1:
+            kwargs["pag_reuse"] = self.reuse
+        if self.mode != "cond":
+            kwargs["pag_mode"] = self.mode
         if model_type == "flux":
             kwargs["true_cfg_scale"] = self.cfg
             kwargs["guidance_scale"] = self.flux_guidance
@@ -82,7 +96,8 @@ class Settings:
                      flux_guidance=meta.get("guidance_scale") if model_type == "flux" else None,
                      pag_scale=meta.get("pag_scale"), adaptive=meta.get("pag_adaptive_scale", 0.0),
                      softness=meta.get("pag_softness"), target=meta.get("pag_target"), scope=meta.get("pag_scope"),
-                     start=interval[0], end=interval[1], heads=meta.get("pag_heads") or "")
+                     start=interval[0], end=interval[1], heads=meta.get("pag_heads") or "",
+                     reuse=meta.get("pag_reuse", 1), mode=meta.get("pag_mode", "cond"))
         if found["prompt"] is None or found["seed"] is None:
             raise ValueError("this PNG's settings have no prompt or seed")
         return replace(cls(), **{k: v for k, v in found.items() if v is not None}).checked()

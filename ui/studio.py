@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from headhunter.heads import HeadSet, list_presets, load_preset, preset_family, preset_from_json, save_preset
-from headhunter.guidance import default_cfg_scale
+from headhunter.guidance import default_cfg_scale, passes_per_step
 from headhunter.metadata import read_settings, save_png, settings_of, with_settings
 from headhunter.pipelines import HeadHunterModularPipeline
 from headhunter.pipelines.loading import builtin_defaults
@@ -36,7 +36,7 @@ from headhunter.testing import TOY_MODELS
 
 from . import workspace as ws
 from .picker import picker_html, toggle_head, toggle_layer
-from .settings import Settings
+from .settings import FIELDS, Settings
 from .xy import AXES, MAX_CELLS, compose_grid, parse_axis_values
 
 __all__ = ["Studio", "Stopped"]
@@ -70,6 +70,7 @@ class Studio:
         self._running_runs: set[str] = set()
         self._guard = threading.Lock()
         self._seconds_per_image: float | None = None
+        self._seconds_per_step: dict[tuple, float] = {}  # by _cost_key: the last measured, shown with the mode
         #: the Search tab's objective and content prompts
         self.search_defaults = ("colorfulness", "a parrot\na market stall")
         if model_name.lower() in TOY_MODELS:  # prompts of its grammar, read back by the weight-free objective
@@ -259,8 +260,11 @@ class Studio:
                                **kwargs).images
         except ValueError as err:
             raise gr.Error(str(err)) from None
-        # the machine's speed at these settings, for the cost shown before an atlas or a search starts
-        self._seconds_per_image = (time.perf_counter() - started) / len(prompts)
+        # the machine's speed at these settings, for the cost shown before an atlas or a search starts and next to
+        # the guidance mode
+        seconds = time.perf_counter() - started
+        self._seconds_per_image = seconds / len(prompts)
+        self._seconds_per_step[_cost_key(kwargs)] = seconds / kwargs["num_inference_steps"]
         return images
 
     def _checked(self, settings: Settings) -> Settings:
@@ -387,6 +391,10 @@ class Studio:
             parts += ["--flux-guidance", str(kwargs["guidance_scale"])]
         if kwargs.get("pag_adaptive_scale"):
             parts += ["--adaptive-scale", str(kwargs["pag_adaptive_scale"])]
+        if kwargs.get("pag_reuse", 1) != 1:
+            parts += ["--pag-reuse", str(kwargs["pag_reuse"])]
+        if kwargs.get("pag_mode", "cond") != "cond":
+            parts += ["--pag-mode", kwargs["pag_mode"]]
         if kwargs.get("negative_prompt"):
             parts += ["--negative-prompt", kwargs["negative_prompt"]]
         return python, shlex.join(parts)
@@ -472,6 +480,24 @@ class Studio:
         return grid, str(path), note
 
     # --- cost, before starting ------------------------------------------------------------------------------------
+    def mode_cost(self, settings: Settings) -> str:
+        """Transformer passes per step of the guided image with these settings (against the exact mode's and the
+        unguided image's), and the seconds per step last measured with them (a Generate runs both images)."""
+        try:
+            settings = settings.checked()
+        except ValueError as err:
+            return f"Cost: — ({err})"
+        kwargs = self._kwargs(settings)
+        cfg = kwargs.get("true_cfg_scale" if self.flux else "guidance_scale", 1.0) > 1
+        steps, interval = settings.steps, (settings.start, settings.end)
+        passes = passes_per_step(steps, interval, settings.reuse, settings.mode, cfg)
+        exact = passes_per_step(steps, interval, 1, "cond", cfg)
+        text = f"Cost: {passes:.2f} transformer passes per step (exact {exact:.2f}, unguided {1 + cfg:.0f})"
+        measured = self._seconds_per_step.get(_cost_key(kwargs))
+        if measured is not None:
+            text += f"; measured {measured:.3f} s per step for the unguided + guided pair"
+        return text
+
     def _estimate(self, images: int) -> str:
         if self._seconds_per_image is None:
             return f"{images} images (no speed measured yet: generate once for an estimate)"
@@ -525,6 +551,10 @@ class Studio:
                 extra["negative_prompt"] = negative
         if settings.adaptive:
             extra["pag_adaptive_scale"] = settings.adaptive
+        if settings.reuse != 1:
+            extra["pag_reuse"] = settings.reuse
+        if settings.mode != "cond":
+            extra["pag_mode"] = settings.mode
         return extra, guidance
 
     def _describe_search(self, settings: Settings, extra: dict) -> str:
@@ -537,6 +567,10 @@ class Studio:
                  f"target {settings.target}, scope {settings.scope}")
         if settings.adaptive:
             text += f", adaptive scale {float(settings.adaptive):g}"
+        if settings.reuse != 1:
+            text += f", reuse {settings.reuse}"
+        if settings.mode != "cond":
+            text += f", mode {settings.mode}"
         return text
 
     def search(self, objective: str, style: str, contents: str, seeds: str, top_k: float, rounds: float,
@@ -670,6 +704,12 @@ class Studio:
         return (*self._live(run_dir, config), str(heads))
 
 
+def _cost_key(kwargs: dict) -> tuple:
+    """What a step's cost depends on, among a call's arguments."""
+    return tuple(str(kwargs.get(k)) for k in ("num_inference_steps", "height", "width", "guidance_scale",
+                                               "true_cfg_scale", "pag_interval", "pag_reuse", "pag_mode"))
+
+
 def _open_with_settings(path: str) -> Image.Image:
     """A headhunter PNG as an RGB image that still carries its settings."""
     with Image.open(path) as image:
@@ -692,7 +732,7 @@ def history_strip(history: list) -> list[tuple[str, str]]:
     strip = []
     for entry in history:
         values = dict(zip(("prompt", "negative", "seed"), entry["settings"]))
-        heads = entry["settings"][-1] or "no heads"
+        heads = entry["settings"][FIELDS.index("heads")] or "no heads"
         strip.append((entry["files"][1], f"seed {values['seed']} · {heads}"))
     return strip
 

@@ -13,7 +13,7 @@ from .common import UsageError
 
 __all__ = ["register"]
 
-BENCHMARKS = ("guidance", "guider", "search")
+BENCHMARKS = ("adaptive_reuse", "cheap_modes", "guidance", "guider", "search")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    bench = sub.add_parser("bench", help="run a benchmark script (guidance, guider or search); options pass through")
+    bench = sub.add_parser("bench", help="run a benchmark script (" + ", ".join(BENCHMARKS) + "); options pass through")
     bench.add_argument("name", choices=BENCHMARKS)
     bench.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark script, e.g. --repeats 3")
     bench.set_defaults(func=run)

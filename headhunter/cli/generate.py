@@ -29,6 +29,12 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="identity", help="identity, uniform, query_mean or max")
     parser.add_argument("--scope", default="joint", help="joint or image")
     parser.add_argument("--interval", type=parse_interval, default=(0.0, 1.0), help="START,END fractions of the steps")
+    parser.add_argument("--pag-reuse", type=positive_int, default=1,
+                        help="cheap mode: the perturbed pass on every k-th guided step, its v_c - v_perturbed reused "
+                             "between (default 1: exact; 2 keeps the effect, 4 costs shape: see the README)")
+    parser.add_argument("--pag-mode", choices=("cond", "uncond"), default="cond",
+                        help="cond: a perturbed conditional pass (default); uncond: perturb the unconditional pass "
+                             "instead (needs --cfg > 1: CFG's two passes a step; the weight is cfg - 1)")
     parser.add_argument("--frames", type=positive_int, default=None,
                         help="video models (Wan): frames to generate (default 1: an image)")
     parser.add_argument("--device", default=None, help="cuda when available, else cpu")
@@ -51,6 +57,9 @@ def generation_settings(args: argparse.Namespace, family: str) -> dict[str, Any]
     }
     if args.adaptive_scale:
         settings["pag_adaptive_scale"] = args.adaptive_scale
+    for key in ("pag_reuse", "pag_mode"):  # recorded only when asked for: the defaults are the exact method
+        if getattr(args, key, None) not in (None, 1, "cond"):
+            settings[key] = getattr(args, key)
     if getattr(args, "frames", None) is not None and args.frames > 1:
         if family != "wan":
             raise ValueError(f"--frames {args.frames}: only video models (Wan) make frames; this model makes images")
@@ -81,14 +90,18 @@ def generate_images(pipe: Any, settings: dict[str, Any], prompt: str, seeds: Seq
 
 def validate_call(pipe: Any, settings: dict[str, Any]) -> None:
     """Check the settings against the loaded model before any image is generated."""
-    from headhunter.arguments import PAGArguments, check_image_size
+    from headhunter.arguments import PAGArguments, check_image_size, classifier_free_guidance_on
 
-    PAGArguments.from_call(
+    pag = PAGArguments.from_call(
         pipe.head_layout, pag_heads=settings["pag_heads"], pag_scale=settings["pag_scale"],
         pag_softness=settings["pag_softness"], pag_target=settings["pag_target"], pag_scope=settings["pag_scope"],
-        pag_interval=settings["pag_interval"], pag_adaptive_scale=settings.get("pag_adaptive_scale", 0.0), pag_applied_layers=None, num_prompts=1,
-        num_images_per_prompt=1,
+        pag_interval=settings["pag_interval"], pag_adaptive_scale=settings.get("pag_adaptive_scale", 0.0),
+        pag_applied_layers=None, num_prompts=1, num_images_per_prompt=1,
+        pag_reuse=settings.get("pag_reuse", 1), pag_mode=settings.get("pag_mode", "cond"),
     )
+    family = pipe.head_layout.model_type
+    pag.check_classifier_free_guidance(classifier_free_guidance_on(settings, family),
+                                       "--cfg > 1 with --negative-prompt" if family == "flux" else "--cfg > 1")
     check_image_size(pipe, settings["height"], settings["width"])
 
 

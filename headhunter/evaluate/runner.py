@@ -102,7 +102,7 @@ class Evaluation:
                  model_name: str = "", batch_size: int = 4, scorer_options: dict | None = None, progress: bool = True,
                  commands: Sequence[str] = (), baseline: str | None = None, fresh: bool = False,
                  log: Callable[[str], None] | None = None):
-        from ..arguments import PAGArguments, check_image_size
+        from ..arguments import PAGArguments, check_image_size, classifier_free_guidance_on
         from ..scorers.base import parse_spec
 
         self.pipe = pipe
@@ -127,13 +127,17 @@ class Evaluation:
         self.defaults = dict(defaults or {})
         for setting in self.settings:  # bad heads, targets, scales, steps and sizes fail here too
             kw = {**self.defaults, **setting.kwargs}
-            PAGArguments.from_call(
-                pipe.head_layout, pag_heads=kw.get("pag_heads"), pag_scale=kw.get("pag_scale", 3.0),
-                pag_softness=kw.get("pag_softness", 1.0), pag_target=kw.get("pag_target", "identity"),
-                pag_scope=kw.get("pag_scope", "joint"), pag_interval=kw.get("pag_interval", (0.0, 1.0)),
-                pag_adaptive_scale=kw.get("pag_adaptive_scale", 0.0), pag_applied_layers=kw.get("pag_applied_layers"),
-                num_prompts=1, num_images_per_prompt=1,
-            )
+            try:
+                PAGArguments.from_call(
+                    pipe.head_layout, pag_heads=kw.get("pag_heads"), pag_scale=kw.get("pag_scale", 3.0),
+                    pag_softness=kw.get("pag_softness", 1.0), pag_target=kw.get("pag_target", "identity"),
+                    pag_scope=kw.get("pag_scope", "joint"), pag_interval=kw.get("pag_interval", (0.0, 1.0)),
+                    pag_adaptive_scale=kw.get("pag_adaptive_scale", 0.0),
+                    pag_applied_layers=kw.get("pag_applied_layers"), num_prompts=1, num_images_per_prompt=1,
+                    pag_reuse=kw.get("pag_reuse", 1), pag_mode=kw.get("pag_mode", "cond"),
+                ).check_classifier_free_guidance(classifier_free_guidance_on(kw, pipe.head_layout.model_type))
+            except ValueError as err:
+                raise ValueError(f"setting {setting.name!r}: {err}") from None
             steps = kw.get("num_inference_steps", 1)
             if int(steps) < 1:
                 raise ValueError(f"setting {setting.name!r}: steps must be at least 1, got {steps}")

@@ -34,6 +34,10 @@ SETTING_KEYS: dict[str, tuple[str, type]] = {
     "pag_interval": ("pag_interval", str),
     "adaptive_scale": ("pag_adaptive_scale", float),
     "pag_adaptive_scale": ("pag_adaptive_scale", float),
+    "reuse": ("pag_reuse", int),
+    "pag_reuse": ("pag_reuse", int),
+    "mode": ("pag_mode", str),
+    "pag_mode": ("pag_mode", str),
     "applied_layers": ("pag_applied_layers", str),
     "pag_applied_layers": ("pag_applied_layers", str),
     "guidance_scale": ("guidance_scale", float),
@@ -71,6 +75,8 @@ def _convert(key: str, value: Any) -> Any:
         return float(start), float(end)
     if argument == "pag_applied_layers":
         return [int(v) if str(v).strip().isdigit() else str(v).strip() for v in str(value).split(";")]
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"setting value {key}={value!r} is not a whole number")
     try:
         return kind(value)
     except (TypeError, ValueError):
