@@ -107,15 +107,17 @@ def _layers(transformer) -> dict:
 
 
 def _denoise(pipe, latents, timesteps, run, cond, uncond, cfg_scale, kernel, softness, pag_scale, reuse=1,
-             interval=(0.0, 1.0), mode="cond"):
+             interval=(0.0, 1.0), mode="cond", adaptive=0.0):
     """The guided sampling loop, one branch per forward: v = v_u + g (v_c - v_u) + w (v_c - v_p).
 
     The cheap modes, written out: a step is guided when start <= i/n < end; with ``reuse`` = k the perturbed branch
     runs on guided steps 0, k, 2k, ... (counted among guided steps) and the last v_c - v_p is used on the others;
-    ``mode="uncond"`` perturbs the unconditional branch on guided steps and combines v = v_u' + g (v_c - v_u')."""
+    ``mode="uncond"`` perturbs the unconditional branch on guided steps and combines v = v_u' + g (v_c - v_u');
+    ``adaptive`` = a lowers w to w_t = max(0, w - a (1000 - t)), and a step with w_t = 0 is not guided."""
     n, guided, delta = len(timesteps), 0, None
     for i, t in enumerate(timesteps):
-        on = bool(softness) and pag_scale > 0 and interval[0] <= i / n < interval[1]
+        w_t = max(0.0, pag_scale - adaptive * (1000.0 - float(t)))
+        on = bool(softness) and w_t > 0 and interval[0] <= i / n < interval[1]
         v_c = run(latents, *cond, t)
         v = v_c
         if uncond is not None:
@@ -131,7 +133,7 @@ def _denoise(pipe, latents, timesteps, run, cond, uncond, cfg_scale, kernel, sof
                     v_p = run(latents, *cond, t)
                 delta = v_c - v_p
             guided += 1
-            v = v + pag_scale * delta
+            v = v + w_t * delta
         latents = pipe.scheduler.step(v, t, latents, return_dict=False)[0]
     return latents
 

@@ -63,7 +63,7 @@ def _call(pipe, model, cfg, **pag):
 def _reference(pipe, model, cfg, i, **rule):
     heads = (SD3_HEADS if model == "sd3" else FLUX_HEADS)[i]
     softness = _softness(heads, num_heads=4 if model == "sd3" else 2) if heads else {}
-    common = dict(steps=STEPS, pag_scale=2.0, interval=INTERVAL, **rule)
+    common = dict(steps=STEPS, pag_scale=2.0, **{"interval": INTERVAL, **rule})
     if model == "sd3":
         return reference_sd3(pipe, PROMPTS[i], SEEDS[i], softness, guidance_scale=2.5 if cfg else 1.0,
                              negative_prompt=NEGATIVE[i] if cfg else None, **common)
@@ -296,3 +296,19 @@ def test_the_benchmark_scripts_run_in_their_small_mode(tmp_path, script, stem):
     else:
         assert result["loop_vs_pipeline_max_pixel_diff"] == 0  # the experiment's loop is the pipeline's rule
     assert (tmp_path / f"{stem}.md").read_text().count("| exact |") == len(list(tables))
+
+
+@pytest.mark.parametrize("model", ["sd3", "flux"])
+def test_reuse_with_an_adaptive_scale_counts_only_the_steps_it_guides(pipes, model):
+    """a = 0.004 takes w = 2 to 0 halfway through the schedule: the later steps are unguided (no perturbed rows, no
+    reused term), and the reused Δ is weighted by each step's own w_t."""
+    pipe = pipes[model]
+    rows, handle = _rows_per_call(pipe)
+    try:
+        out = _call(pipe, model, False, pag_reuse=2, pag_adaptive_scale=0.004, pag_interval=(0.0, 1.0))
+    finally:
+        handle.remove()
+    for i in range(len(PROMPTS)):
+        ref = _reference(pipe, model, False, i, reuse=2, adaptive=0.004, interval=(0.0, 1.0))
+        assert (out[i : i + 1] - ref).abs().max().item() <= TOL
+    assert rows[0] == len(PROMPTS) + 2 and rows[-1] == len(PROMPTS)  # perturbed on the first step, none at the end
