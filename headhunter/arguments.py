@@ -156,7 +156,8 @@ class PAGArguments:
 
 def classifier_free_guidance_on(call: Mapping[str, Any], family: str) -> bool:
     """Whether a call with these arguments runs an unconditional pass: FLUX.1 with ``true_cfg_scale > 1`` and a
-    negative prompt (its ``guidance_scale`` is the distilled embedding), every other model with ``guidance_scale > 1``."""
+    negative prompt (its ``guidance_scale`` is the distilled embedding), every other model with
+    ``guidance_scale > 1``."""
     if family == "flux":
         return float(call.get("true_cfg_scale") or 1.0) > 1 and bool(call.get("negative_prompt"))
     return float(call.get("guidance_scale") or 1.0) > 1

@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 
 __all__ = ["PAG_MODES", "adaptive_scale", "check_interval", "check_mode", "check_reuse", "combine", "default_cfg_scale",
-           "guidance_delta", "guided_prediction", "in_interval", "passes_per_step", "perturbed_steps", "runs_perturbed", "scatter_perturbed"]
+           "guidance_delta", "guided_prediction", "in_interval", "passes_per_step", "perturbed_steps", "runs_perturbed",
+           "scatter_perturbed"]
 
 #: Which prediction carries the perturbation: ``"cond"`` — a perturbed copy of the conditional pass, ``v̂`` (the
 #: paper; a pass of its own) — or ``"uncond"`` — the unconditional pass itself, perturbed (``v̂_u``; with CFG on, a

@@ -11,9 +11,9 @@ on) and the perturbed conditional ``v̂`` (the conditional inputs, with the chos
 with ``w_t`` the PAG scale (lowered by ``pag_adaptive_scale`` as diffusers' PAG does) on the steps in
 ``[start, stop)`` and 0 elsewhere (then the perturbed pass is not run). Cheap modes: with ``pag_reuse = k`` the
 perturbed pass runs on every k-th guided step and ``v_c − v̂`` of the last one is reused between; with
-``pag_mode="uncond"`` (CFG on) the unconditional pass itself is perturbed and ``v = v̂_u + g·(v_c − v̂_u)``. Unlike diffusers' ``PerturbedAttentionGuidance``
-the perturbed pass always takes the *conditional* inputs (also with CFG off), perturbs individual heads on any
-attention backend, and works on SD3's joint attention.
+``pag_mode="uncond"`` (CFG on) the unconditional pass itself is perturbed and ``v = v̂_u + g·(v_c − v̂_u)``.
+Unlike diffusers' ``PerturbedAttentionGuidance`` the perturbed pass always takes the *conditional* inputs (also with
+CFG off), perturbs individual heads on any attention backend, and works on SD3's joint attention.
 
 Two ways to run it:
 

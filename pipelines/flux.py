@@ -293,7 +293,7 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
         self.scheduler.set_begin_index(0)
         # HeadHunter >>>
 #|         with self.progress_bar(total=num_inference_steps) as progress_bar:
-        # HeadHunter: the SoftPAG processors (and fork hooks) are installed once for the whole loop and restored after it
+        # HeadHunter: the SoftPAG processors (and fork hooks) are installed once for the loop and restored after it
         with self.perturbation_session(
             pag, plan, text_len=prompt_embeds.shape[1]
         ) as session, self.progress_bar(total=num_inference_steps) as progress_bar:

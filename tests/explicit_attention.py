@@ -22,7 +22,8 @@ ATTENTION_MODULE = {
 
 
 def explicit_attention(q, k, v, mask, u, target, image=None):
-    """q, k, v: [B, S, H, D]; u: [H] or [B, H] (None: plain attention); image: (image slice, text slice) for the image scope."""
+    """q, k, v: [B, S, H, D]; u: [H], or [B, H] one row each (None: plain attention); image: (image slice, text
+    slice) for the image scope."""
     q, k, v = (x.double() for x in (q, k, v))
     batch, n, heads, dim = q.shape
     logits = torch.einsum("bqhd,bkhd->bhqk", q, k) / dim**0.5

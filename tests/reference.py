@@ -154,7 +154,8 @@ def reference_sd3(pipe, prompt, seed, softness, *, steps, guidance_scale, pag_sc
                                 pooled_projections=pooled, return_dict=False)[0]
 
     uncond = (npe, nppe) if cfg else None
-    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, guidance_scale, kernel, softness, pag_scale, **rule)
+    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, guidance_scale, kernel, softness, pag_scale,
+                    **rule)
 
 
 def _shifted_timesteps(pipe, latents, steps):
@@ -169,7 +170,8 @@ def _shifted_timesteps(pipe, latents, steps):
 
 
 def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="identity", scope="joint",
-                   negative_prompt=None, true_cfg_scale=1.0, guidance_scale=3.5, size=32, max_sequence_length=48, **rule):
+                   negative_prompt=None, true_cfg_scale=1.0, guidance_scale=3.5, size=32, max_sequence_length=48,
+                   **rule):
     """Final (packed) latents of one FLUX image, every branch run separately."""
     pe, ppe, text_ids = pipe.encode_prompt(prompt, None, device="cpu", max_sequence_length=max_sequence_length)
     cfg = true_cfg_scale > 1 and negative_prompt is not None
@@ -187,7 +189,8 @@ def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="id
                                 img_ids=image_ids, return_dict=False)[0]
 
     uncond = (npe, nppe) if cfg else None
-    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, true_cfg_scale, kernel, softness, pag_scale, **rule)
+    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, true_cfg_scale, kernel, softness, pag_scale,
+                    **rule)
 
 
 def reference_chroma(pipe, prompt, seed, softness, *, steps, pag_scale, target="identity", scope="joint",

@@ -19,7 +19,8 @@ from headhunter.guidance import passes_per_step
 from headhunter.guiders import HeadHunterGuidance
 from headhunter.heads import HeadLayout
 from headhunter.pipelines import HeadHunterChromaPipeline, HeadHunterFluxPipeline, HeadHunterSD3Pipeline
-from headhunter.testing import TINY_MODULAR_CALL, build_pipeline, tiny_components, tiny_modular_pipeline, tiny_transformer
+from headhunter.testing import (TINY_MODULAR_CALL, build_pipeline, tiny_components, tiny_modular_pipeline,
+                                tiny_transformer)
 
 TOL = 1e-5
 PROMPTS = ["a red fox in snow", "a blue cube", "an old lighthouse on a cliff at dusk"]
@@ -54,7 +55,8 @@ def _call(pipe, model, cfg, **pag):
     if model == "sd3":
         kwargs.update(guidance_scale=2.5 if cfg else 1.0, negative_prompt=NEGATIVE if cfg else None)
     elif model == "flux":
-        kwargs.update(max_sequence_length=48, true_cfg_scale=2.0 if cfg else 1.0, negative_prompt=NEGATIVE if cfg else None)
+        kwargs.update(max_sequence_length=48, true_cfg_scale=2.0 if cfg else 1.0,
+                      negative_prompt=NEGATIVE if cfg else None)
     else:
         kwargs.update(max_sequence_length=48, guidance_scale=2.0 if cfg else 1.0, negative_prompt=NEGATIVE)
     return pipe(PROMPTS, **{**kwargs, **pag}).images
@@ -267,7 +269,8 @@ def test_an_attached_guider_with_prefix_reuse_and_per_row_heads_follows_the_rule
     assert (ours - reference).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("script,stem", [("cheap_modes", "cheap-modes-small"), ("adaptive_reuse", "adaptive-reuse-small")])
+@pytest.mark.parametrize("script,stem", [("cheap_modes", "cheap-modes-small"),
+                                         ("adaptive_reuse", "adaptive-reuse-small")])
 def test_the_benchmark_scripts_run_in_their_small_mode(tmp_path, script, stem):
     """benchmarks/cheap_modes.py and adaptive_reuse.py --small: every table on a few pairs, figures that hold by
     construction (the exact row is 0 from exact, reuse k runs the perturbed pass on 1 step in k)."""

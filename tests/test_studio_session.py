@@ -50,7 +50,8 @@ def test_a_seed_batch_fills_the_history_and_a_click_restores_it(studio):
     *_, history, strip = studio.generate(later, history=history)
     assert len(history) == 4 and strip[0][1] == "seed 1 · L0"
     restored = studio.restore(history, 2)  # the seed-8 fox
-    assert Settings(*restored[:len(FIELDS)]) == Settings("a red fox", seed=8, steps=2, size=32, pag_scale=2.0, heads="L1H0")
+    assert Settings(*restored[:len(FIELDS)]) == Settings("a red fox", seed=8, steps=2, size=32, pag_scale=2.0,
+                                                         heads="L1H0")
     unguided, guided = restored[len(FIELDS)]
     assert np.array_equal(np.asarray(guided), np.asarray(Image.open(history[2]["files"][1]).convert("RGB")))
     with pytest.raises(gr.Error, match="Seed batch"):
