@@ -308,7 +308,9 @@ class HeadHunterGuidance(BaseGuidance):
             delta = self._delta  # a step between two perturbed passes
         if self._step is not None and self._num_inference_steps is not None \
                 and self._step >= self._num_inference_steps - 1:
-            self._delta = None  # the call's last step: hold no tensor after it
+            # the call's last step: hold no tensor after it, and let the next call's text steps see the exact mode's
+            # passes (as before its first step)
+            self._delta, self._perturb_now = None, None
         # pag_mode="uncond": no delta; pred_uncond was the perturbed pass, and this is CFG's own formula on it
         pred = combine(pred_cond, delta, w_t, pred_uncond, self.guidance_scale if pred_uncond is not None else 1.0)
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)

@@ -212,19 +212,19 @@ def test_the_guider_equals_the_rule_by_hand_with_an_interval_and_one_head_set_pe
         return pipe(**inputs, **SIZE[model_type], num_inference_steps=steps,
                     generator=torch.Generator().manual_seed(1), output="latents")
 
-    ours = run(HeadHunterGuidance(heads=heads, pag_scale=2.0, guidance_scale=g, pag_target="uniform", start=interval[0],
-                                  stop=interval[1], pag_reuse=reuse, pag_mode=mode))
+    guider = HeadHunterGuidance(heads=heads, pag_scale=2.0, guidance_scale=g, pag_target="uniform", start=interval[0],
+                                stop=interval[1], pag_reuse=reuse, pag_mode=mode)
+    ours = run(guider)
     reference = run(RuleGuider(model_type, per_layer, "uniform", 2.0, g, reuse=reuse, mode=mode, interval=interval))
     exact = run(RuleGuider(model_type, per_layer, "uniform", 2.0, g, interval=interval))
     assert (ours - reference).abs().max() <= 1e-5
+    assert torch.equal(run(guider), ours)  # the same guider's next call: nothing of the last one is reused
     assert (ours - exact).abs().max() > 1e-3  # the rule matters
 
 
-@pytest.mark.parametrize("cfg", [False, True])
-@pytest.mark.parametrize("pag", [dict(pag_reuse=1), dict(pag_reuse=2), dict(pag_reuse=3), dict(pag_mode="uncond")])
+@pytest.mark.parametrize("cfg,pag", [(cfg, dict(pag_reuse=k)) for cfg in (False, True) for k in (1, 2, 3)]
+                         + [(True, dict(pag_mode="uncond"))])
 def test_passes_per_step_is_what_the_transformer_sees(pipes, cfg, pag):
-    if pag.get("pag_mode") == "uncond" and not cfg:
-        pytest.skip("uncond needs CFG")
     pipe = pipes["sd3"]
     rows, handle = _rows_per_call(pipe)
     try:

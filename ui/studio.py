@@ -260,11 +260,8 @@ class Studio:
                                **kwargs).images
         except ValueError as err:
             raise gr.Error(str(err)) from None
-        # the machine's speed at these settings, for the cost shown before an atlas or a search starts and next to
-        # the guidance mode
-        seconds = time.perf_counter() - started
-        self._seconds_per_image = seconds / len(prompts)
-        self._seconds_per_step[_cost_key(kwargs)] = seconds / kwargs["num_inference_steps"]
+        # the machine's speed at these settings, for the cost shown before an atlas or a search starts
+        self._seconds_per_image = (time.perf_counter() - started) / len(prompts)
         return images
 
     def _checked(self, settings: Settings) -> Settings:
@@ -292,6 +289,7 @@ class Studio:
         stop = self._switch(request, "images")
         total = len(rows) * settings.steps
         made: list[Image.Image] = []
+        started = time.perf_counter()
         try:
             for first in range(0, len(rows), IMAGES_PER_CALL):
                 chunk = rows[first : first + IMAGES_PER_CALL]
@@ -306,6 +304,8 @@ class Studio:
             raise gr.Error(f"{err}; the last result is kept") from None
         finally:
             self._release(request, "images", stop)
+        # shown with the guidance mode: what a step of one unguided + guided pair took with these settings
+        self._seconds_per_step[_cost_key(kwargs)] = (time.perf_counter() - started) / (settings.steps * batch)
         entries = []
         for i, seed in enumerate(seeds):
             pair_settings = replace(settings, seed=seed, heads=str(heads))
@@ -495,7 +495,7 @@ class Studio:
         text = f"Cost: {passes:.2f} transformer passes per step (exact {exact:.2f}, unguided {1 + cfg:.0f})"
         measured = self._seconds_per_step.get(_cost_key(kwargs))
         if measured is not None:
-            text += f"; measured {measured:.3f} s per step for the unguided + guided pair"
+            text += f"; measured {measured:.3f} s per step of an unguided + guided pair (last Generate)"
         return text
 
     def _estimate(self, images: int) -> str:
