@@ -183,3 +183,25 @@ def test_generate_with_a_cheap_mode_records_it_and_the_png_regenerates_it(tmp_pa
     kwargs["pag_interval"] = tuple(kwargs["pag_interval"])
     again = pipe(settings["prompt"], generator=torch.Generator().manual_seed(settings["seed"]), **kwargs).images[0]
     assert np.array_equal(np.asarray(again), np.asarray(Image.open(next(tmp_path.glob("*.png"))).convert("RGB")))
+
+
+def test_search_with_pag_reuse_scores_with_it_and_keeps_it_in_the_run(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["search", "--objective", "brightness", "--prompt", "a fox", "--top-k", "1", "--candidates", "L0-1",
+            "--run-dir", str(run_dir)]
+    assert main([*argv, "--pag-reuse", "2"]) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert "pag_reuse" in json.dumps(config)
+    # tiny-sd3 scores at 2 steps: with reuse 2 the perturbed rows run on the first only (counted by the engine)
+    reused = _block_evaluations(capsys.readouterr().out)
+    assert main([*argv[:-1], str(tmp_path / "exact")]) == 0
+    exact = _block_evaluations(capsys.readouterr().out)
+    assert reused < exact
+    # the run's config holds the reuse: resuming it without --pag-reuse is refused, not mixed
+    assert main(argv) == 2
+    assert "holds a different search" in capsys.readouterr().err
+
+
+def _block_evaluations(out: str) -> float:
+    line = next(line for line in out.splitlines() if line.startswith("images generated:"))
+    return float(line.rsplit(":", 1)[1])

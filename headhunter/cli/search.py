@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     check_image_size(pipe, height, width)
     pipe.set_progress_bar_config(disable=True)
     extra = dict(builtin.call) if builtin else {}
+    if args.pag_reuse != 1:  # part of the run's config: a run made with another reuse is not resumed with this one
+        extra["pag_reuse"] = args.pag_reuse
     try:
         hunter = HeadHunter(
             pipe, args.objective, prompts, args.seeds, args.top_k, args.rounds, args.run_dir,
@@ -78,6 +80,9 @@ def register(sub: Any) -> None:
     search.add_argument("--halving-keep", type=float, default=0.5)
     search.add_argument("--batch-size", type=positive_int, default=8, help="images per pipeline call")
     search.add_argument("--pag-scale", type=non_negative_float, default=3.0)
+    search.add_argument("--pag-reuse", type=positive_int, default=1,
+                        help="score each candidate with the perturbed pass on every k-th step (default 1: exact; 2 "
+                             "kept the ranking on toy-shapes, see the README's cheap modes)")
     search.add_argument("--softness", type=float, default=1.0)
     search.add_argument("--target", default="identity")
     search.add_argument("--scope", default="joint")
