@@ -17,6 +17,7 @@ gr = pytest.importorskip("gradio", reason="the studio needs the ui extra (gradio
 from headhunter.heads import save_preset  # noqa: E402
 from headhunter.testing import tiny_pipeline  # noqa: E402
 from headhunter.ui import Settings, Studio, build_app  # noqa: E402
+from headhunter.ui.studio import BATCH_LIMIT  # noqa: E402
 
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
 PANEL = Settings("unused", steps=2, size=32, pag_scale=3.0)  # the left panel a search takes its settings from
@@ -597,3 +598,36 @@ def test_a_chroma_studio_serves_guided_images_through_its_api(tmp_path):
         assert unguided.shape == guided.shape == (32, 32, 3) and not np.array_equal(unguided, guided)
     finally:
         app.close()
+
+
+@needs_chromium
+def test_out_of_range_fields_and_bad_heads_are_one_named_toast_and_the_last_result_stays(page_at):
+    """Typed as an artist would: each mistake is one toast naming the field (as text: the heads help's L<layer>H<head>
+    survives), and the compare view keeps the last result instead of turning into error badges."""
+    page = page_at({"width": 1440, "height": 900})
+    page.locator("#heads textarea, #heads input").first.fill("L1H0")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.locator("#history img").first.wait_for(timeout=60000)
+    compare = page.locator("#compare img").first.get_attribute("src")
+    cases = [("PAG scale", "-2", "3", "PAG scale: 0 or more, got -2"), ("Seed", "-5", "0", "Seed: 0 or more, got -5"),
+             ("Seed batch", "50", "1", f"Seed batch: 1 to {BATCH_LIMIT}"), ("Steps", "0", "20", "Steps: 1 or more, got 0")]
+    for label, bad, good, message in cases:
+        page.get_by_label(label, exact=True).fill(bad)
+        page.get_by_role("button", name="Generate", exact=True).click()
+        toast(page, message)
+        page.wait_for_timeout(500)
+        assert page.locator("[data-testid='toast-body']").filter(has_text=message).count() == 1  # not one per output
+        assert page.locator("#compare img").first.get_attribute("src") == compare
+        assert page.locator("#compare").get_by_text("Error").count() == 0
+        page.get_by_label(label, exact=True).fill(good)
+    page.get_by_label("Steps", exact=True).click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("abc")  # a number field drops the letters: Gradio sends no number
+    page.get_by_role("button", name="Generate", exact=True).click()
+    toast(page, "Steps: type a whole number")
+    page.reload()
+    page.locator("#head-picker table").wait_for(timeout=30000)
+    page.locator("#heads textarea, #heads input").first.fill("L1H0 L2H1")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    toast(page, "write L<layer>H<head> (L13H17)")
+    toast(page, "it was written 'L1H0 L2H1', and spaces are ignored: separate heads with commas")

@@ -4,6 +4,7 @@ Search tabs, wired to :class:`~headhunter.ui.studio.Studio`."""
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import random
 from typing import Any, Callable
@@ -24,6 +25,12 @@ CSS = """
 """
 
 
+def _toast(err: gr.Error) -> None:
+    """The message as a warning toast, as text: Gradio renders a toast's HTML, and the heads help's ``L<layer>H<head>``
+    would lose its placeholders."""
+    gr.Warning(html.escape(str(getattr(err, "message", err)), quote=False))
+
+
 def keeping_last_result(fn: Callable, outputs: int) -> Callable:
     """``fn`` for an event whose outputs must survive a mistake: a ``gr.Error`` becomes a warning toast with the
     message, and every output keeps what it showed (instead of turning into an error badge)."""
@@ -37,7 +44,7 @@ def keeping_last_result(fn: Callable, outputs: int) -> Callable:
             try:
                 yield from fn(*args, **kwargs)
             except gr.Error as err:
-                gr.Warning(str(getattr(err, "message", err)))
+                _toast(err)
                 yield kept()
 
         return streaming
@@ -47,7 +54,7 @@ def keeping_last_result(fn: Callable, outputs: int) -> Callable:
         try:
             return fn(*args, **kwargs)
         except gr.Error as err:
-            gr.Warning(str(getattr(err, "message", err)))
+            _toast(err)
             return kept()
 
     return handler
@@ -95,22 +102,24 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     preset = gr.Dropdown(studio.preset_names(), label="Preset", value=None, scale=3)
                     use_preset = gr.Button("Use preset", scale=1)
+                # no Gradio minimum/maximum on these fields: Gradio's own check fails before the studio's and turns
+                # every output into an error badge; the studio names the field and keeps the last result
                 with gr.Accordion("Settings", open=True):
                     with gr.Row():
-                        seed = gr.Number(label="Seed", value=defaults.seed, precision=0, minimum=0)
+                        seed = gr.Number(label="Seed", value=defaults.seed, precision=0)
                         dice = gr.Button("Random seed", elem_id="random-seed", scale=0, min_width=120)
-                        batch = gr.Number(label="Seed batch", value=1, precision=0, minimum=1, maximum=BATCH_LIMIT,
+                        batch = gr.Number(label="Seed batch", value=1, precision=0,
                                           info=f"seeds from Seed on, up to {BATCH_LIMIT}")
                     with gr.Row():
-                        steps = gr.Number(label="Steps", value=defaults.steps, precision=0, minimum=1)
+                        steps = gr.Number(label="Steps", value=defaults.steps, precision=0)
                         size = gr.Number(label="Size", value=defaults.size, precision=0)
-                        cfg = gr.Number(label="True CFG" if studio.flux else "CFG", value=defaults.cfg, minimum=0,
+                        cfg = gr.Number(label="True CFG" if studio.flux else "CFG", value=defaults.cfg,
                                         info="classifier-free guidance; 1 is off (the negative prompt needs > 1)")
-                        flux_guidance = gr.Number(label="FLUX guidance", value=defaults.flux_guidance, minimum=0,
+                        flux_guidance = gr.Number(label="FLUX guidance", value=defaults.flux_guidance,
                                                   visible=studio.flux, info="FLUX's distilled guidance scale")
                     with gr.Row():
-                        pag_scale = gr.Number(label="PAG scale", value=defaults.pag_scale, minimum=0)
-                        adaptive = gr.Number(label="Adaptive scale", value=defaults.adaptive, minimum=0,
+                        pag_scale = gr.Number(label="PAG scale", value=defaults.pag_scale)
+                        adaptive = gr.Number(label="Adaptive scale", value=defaults.adaptive,
                                              info="lowers the PAG scale as steps go; 0 is off")
                         softness = gr.Slider(0, 1, value=defaults.softness, step=0.05, label="Softness",
                                              info="u for heads without their own @u")

@@ -41,16 +41,22 @@ class Settings:
             try:
                 values[name] = int(getattr(self, name))
             except (TypeError, ValueError):
+                if getattr(self, name) is None:  # what a number field holds when what was typed is no number
+                    raise ValueError(f"{name.capitalize()}: type a whole number") from None
                 raise ValueError(f"{name.capitalize()}: a whole number, got {getattr(self, name)!r}") from None
         for name in ("cfg", "flux_guidance", "pag_scale", "adaptive", "softness", "start", "end"):
             try:
                 values[name] = float(getattr(self, name))
             except (TypeError, ValueError):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{_label(name)}: type a number") from None
                 raise ValueError(f"{_label(name)}: a number, got {getattr(self, name)!r}") from None
             if not math.isfinite(values[name]):
                 raise ValueError(f"{_label(name)}: a finite number, got {getattr(self, name)!r}")
-        if values["steps"] < 1 or values["size"] < 16:
-            raise ValueError("Steps must be at least 1 and size at least 16")
+        if values["steps"] < 1:
+            raise ValueError(f"Steps: 1 or more, got {values['steps']}")
+        if values["size"] < 16:
+            raise ValueError(f"Size: 16 or more, got {values['size']}")
         if values["seed"] < 0:
             raise ValueError(f"Seed: 0 or more, got {values['seed']}")
         for name in ("cfg", "flux_guidance", "pag_scale", "adaptive"):

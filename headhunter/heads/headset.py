@@ -86,10 +86,17 @@ class HeadSet:
         heads: list[Head] = []
         if not compact:
             return cls()
-        for token in compact.split(","):
+        for written in text.split(","):
+            token = re.sub(r"\s+", "", written).upper()
             if not token:
                 raise ValueError(f"empty head token in {text!r}: tokens are joined by single commas")
-            heads.extend(_parse_token(token))
+            try:
+                heads.extend(_parse_token(token))
+            except ValueError as err:
+                if re.search(r"\S\s+\S", written):  # "L1H0 L2H1": whitespace is ignored, so name what was typed
+                    raise ValueError(f"{err}; it was written {written.strip()!r}, and spaces are ignored: separate "
+                                     "heads with commas (L1H0,L2H1)") from None
+                raise
         return cls(heads)
 
     @classmethod
