@@ -4,15 +4,20 @@ perturbed, ``v = v̂_u + g·(v_c − v̂_u)``), in the three pipelines (explicit
 separately: ``reference.py``) and in the guider on a modular pipeline (``test_guider.ReferenceGuider``'s explicit
 attention, with the rule written out below). fp32, max abs difference ≤ 1e-5 on final latents."""
 
+import json
+import os
+import subprocess
+import sys
 from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
 from diffusers.guiders.guider_utils import GuiderOutput
+from explicit_attention import explicit_perturbation
 from reference import reference_chroma, reference_flux, reference_sd3
 from test_exactness import _softness
-from test_guider import ReferenceGuider, embeddings, generate
-from explicit_attention import explicit_perturbation
+from test_guider import SIZE, ReferenceGuider, embeddings, modular
 
 import headhunter
 from headhunter.guidance import passes_per_step
@@ -34,18 +39,14 @@ NEGATIVE = ["blurry", "grainy", "low quality, dark"]
 PERTURBED_AT = {2: (1, 3), 3: (1, 4)}
 
 
-def _pipes():
+@pytest.fixture(scope="module")
+def pipes():
     return {
         "sd3": build_pipeline(HeadHunterSD3Pipeline, tiny_components("tiny-sd3")),
         "flux": build_pipeline(HeadHunterFluxPipeline, tiny_components("tiny-flux", num_layers=2, num_single_layers=2)),
         "chroma": build_pipeline(HeadHunterChromaPipeline,
                                  tiny_components("tiny-chroma", num_layers=2, num_single_layers=2)),
     }
-
-
-@pytest.fixture(scope="module")
-def pipes():
-    return _pipes()
 
 
 def _call(pipe, model, cfg, **pag):
@@ -207,7 +208,6 @@ def test_the_guider_equals_the_rule_by_hand_with_an_interval_and_one_head_set_pe
     heads = [f"L0H1@0.6,L{last}", f"L{last}H0@0.5,L{last}H1"]
 
     def run(guider):
-        from test_guider import modular, SIZE
         pipe = modular(model_type, transformer, guider)
         return pipe(**inputs, **SIZE[model_type], num_inference_steps=steps,
                     generator=torch.Generator().manual_seed(1), output="latents")
@@ -274,12 +274,6 @@ def test_an_attached_guider_with_prefix_reuse_and_per_row_heads_follows_the_rule
 def test_the_benchmark_scripts_run_in_their_small_mode(tmp_path, script, stem):
     """benchmarks/cheap_modes.py and adaptive_reuse.py --small: every table on a few pairs, figures that hold by
     construction (the exact row is 0 from exact, reuse k runs the perturbed pass on 1 step in k)."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, str(root / "benchmarks" / f"{script}.py"), "--small", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=900,
