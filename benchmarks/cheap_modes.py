@@ -100,7 +100,7 @@ def measure_modes(pipe: Any, objective: str, cfg: bool, pairs: list, args: Any) 
         tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
         rows[name] = {**accuracies(images, prompts), "warmth": warmth(tensor, prompts).mean().item(),
                       "frechet": frechet(features(images), features(truth)), "passes_per_step": passes,
-                      "block_passes_per_step": block_passes, "call": {k: v for k, v in call.items()}}
+                      "block_passes_per_step": block_passes, "call": dict(call)}
         images_of[name], calls[name] = images, call
     baseline, exact = next(iter(rows)), "exact"
     for name, row in rows.items():
@@ -124,16 +124,13 @@ def measure_modes(pipe: Any, objective: str, cfg: bool, pairs: list, args: Any) 
 
 def measure_search(pipe: Any, args: Any) -> dict:
     prompts, seeds = training_prompts(args.search_prompts), list(range(args.search_seeds))
-    runs = {"exact greedy": {}, "greedy, pag_reuse=2": {"extra_call_kwargs": {"pag_reuse": 2}},
-            "coarse (4 of 20 steps), pag_reuse=2": {"strategy": "coarse", "coarse_steps": 4,
-                                                   "extra_call_kwargs": {"pag_reuse": 2}},
+    reuse = {"pag_reuse": 2}
+    runs = {"exact greedy": {}, "greedy, pag_reuse=2": {"extra": reuse},
+            "coarse (4 of 20 steps), pag_reuse=2": {"strategy": "coarse", "coarse_steps": 4, "extra": reuse},
             "coarse (4 of 20 steps), exact": {"strategy": "coarse", "coarse_steps": 4}}
-    done = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, options) in enumerate(runs.items()):
-            extra = {k: v for k, v in TOY_CALL.items() if k != "num_inference_steps"}
-            extra.update(options.pop("extra_call_kwargs", {}))
-            done[name] = _search(pipe, prompts, seeds, Path(tmp) / str(i), args, extra, **options)
+        done = {name: search(pipe, "shapes", prompts, seeds, args.top_k, Path(tmp) / str(i), args, **options)
+                for i, (name, options) in enumerate(runs.items())}
     full = [row["head"] for row in done["exact greedy"].rounds[0].rows]
     top = set(full[: args.top_k])
     out = {}
@@ -144,15 +141,6 @@ def measure_search(pipe: Any, args: Any) -> dict:
                      "top_k_overlap": len(top & {str(h) for h in run.selected}) / args.top_k,
                      "spearman": spearman(full, order)}
     return out
-
-
-def _search(pipe: Any, prompts: list, seeds: list, run_dir: Path, args: Any, extra: dict, **options: Any) -> Any:
-    from headhunter.search import HeadHunter
-
-    return HeadHunter(pipe, "shapes", prompts, seeds, top_k=args.top_k, rounds=1, run_dir=run_dir,
-                      pag_scale=args.pag_scale, pag_softness=1.0, num_inference_steps=TOY_CALL["num_inference_steps"],
-                      guidance_scale=1.0, batch_size=args.batch, progress=False, extra_call_kwargs=extra,
-                      **{"strategy": "greedy", **options}).run()
 
 
 def main() -> None:

@@ -140,13 +140,14 @@ def training_prompts(count: int, style: str | None = None, seed: int = 0) -> lis
 
 
 def search(pipe: Any, objective: str, prompts: list[str], seeds: list[int], top_k: int, run_dir: Path, args: Any,
-           **options: Any) -> Any:
+           extra: dict | None = None, **options: Any) -> Any:
+    """One greedy round (or ``options``' strategy) on the toy model; ``extra``: more pipeline arguments."""
     options = {"strategy": "greedy", **options}
+    call = {k: v for k, v in TOY_CALL.items() if k != "num_inference_steps"}
     return HeadHunter(pipe, objective, prompts, seeds, top_k=top_k, rounds=1, run_dir=run_dir,
                       pag_scale=args.pag_scale, pag_softness=1.0, num_inference_steps=TOY_CALL["num_inference_steps"],
                       guidance_scale=1.0, batch_size=args.batch, progress=False,
-                      extra_call_kwargs={k: v for k, v in TOY_CALL.items() if k != "num_inference_steps"},
-                      **options).run()
+                      extra_call_kwargs={**call, **(extra or {})}, **options).run()
 
 
 def random_heads(pipe: Any, count: int, seed: int) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from headhunter.arguments import classifier_free_guidance_on
 from headhunter.heads import HeadSet, list_presets, load_preset, preset_family, preset_from_json, save_preset
 from headhunter.guidance import default_cfg_scale, passes_per_step
 from headhunter.metadata import read_settings, save_png, settings_of, with_settings
@@ -488,7 +489,7 @@ class Studio:
         except ValueError as err:
             return f"Cost: — ({err})"
         kwargs = self._kwargs(settings)
-        cfg = kwargs.get("true_cfg_scale" if self.flux else "guidance_scale", 1.0) > 1
+        cfg = classifier_free_guidance_on(kwargs, self.layout.model_type)
         steps, interval = settings.steps, (settings.start, settings.end)
         passes = passes_per_step(steps, interval, settings.reuse, settings.mode, cfg)
         exact = passes_per_step(steps, interval, 1, "cond", cfg)

@@ -82,9 +82,8 @@ class HeadSet:
         """Parse the text grammar described in the module docstring. Raises ValueError naming the bad token."""
         if not isinstance(text, str):
             raise ValueError(f"expected a head spec string such as 'L13H17,L2H3@0.5', got {type(text).__name__}")
-        compact = re.sub(r"\s+", "", text).upper()
         heads: list[Head] = []
-        if not compact:
+        if not text.strip():
             return cls()
         for written in text.split(","):
             token = re.sub(r"\s+", "", written).upper()
