@@ -8,16 +8,18 @@ from typing import Any, Sequence
 
 from PIL import Image, PngImagePlugin
 
-__all__ = ["METADATA_KEY", "frame_paths", "read_settings", "save_png", "save_video", "settings_of", "with_settings"]
+from .parameters import a1111_parameters, parse_a1111, parse_comfyui
+
+__all__ = ["METADATA_KEY", "frame_paths", "read_png_settings", "read_settings", "save_png", "save_video", "settings_of",
+           "with_settings"]
 
 METADATA_KEY = "headhunter"
 
 
 def _text_chunks(settings: dict[str, Any]) -> dict[str, str]:
-    """The PNG text chunks of ``settings``: JSON under ``headhunter``, and a human-readable ``parameters`` line that
-    common image viewers show."""
-    return {METADATA_KEY: json.dumps(settings, sort_keys=True),
-            "parameters": ", ".join(f"{k}: {v}" for k, v in settings.items())}
+    """The PNG text chunks of ``settings``: all of them as JSON under ``headhunter``, and A1111's ``parameters``
+    text (prompt, ``Negative prompt:``, ``Steps: …, CFG scale: …``) that A1111's PNG Info, Civitai and ComfyUI read."""
+    return {METADATA_KEY: json.dumps(settings, sort_keys=True), "parameters": a1111_parameters(settings)}
 
 
 def with_settings(image: Image.Image, settings: dict[str, Any]) -> Image.Image:
@@ -28,8 +30,8 @@ def with_settings(image: Image.Image, settings: dict[str, Any]) -> Image.Image:
 
 
 def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any]) -> Path:
-    """Write ``image`` as PNG with ``settings`` as JSON in the ``headhunter`` text chunk (plus a human-readable
-    ``parameters`` line that common image viewers show)."""
+    """Write ``image`` as PNG with ``settings`` as JSON in the ``headhunter`` text chunk (plus A1111's
+    ``parameters`` text)."""
     info = PngImagePlugin.PngInfo()
     for key, text in _text_chunks(settings).items():
         info.add_text(key, text)
@@ -48,6 +50,21 @@ def read_settings(path: str | Path) -> dict[str, Any]:
     if text is None:
         raise ValueError(f"{path} carries no headhunter settings")
     return json.loads(text)
+
+
+def read_png_settings(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The settings a PNG carries and who wrote them: ``(settings, "headhunter")`` with every headhunter key, or the
+    fields other tools share (:data:`~headhunter.parameters.SHARED_FIELDS`) with ``"A1111"`` or ``"ComfyUI"``.
+    ValueError when it carries none of these."""
+    with Image.open(path) as image:
+        chunks = dict(getattr(image, "text", {}) or {})
+    if METADATA_KEY in chunks:
+        return json.loads(chunks[METADATA_KEY]), "headhunter"
+    if "parameters" in chunks:
+        return parse_a1111(chunks["parameters"]), "A1111"
+    if "prompt" in chunks:
+        return parse_comfyui(chunks["prompt"]), "ComfyUI"
+    raise ValueError("it carries no settings (neither headhunter's, A1111's parameters nor a ComfyUI graph)")
 
 
 def settings_of(image: Image.Image) -> dict[str, Any]:

@@ -94,9 +94,9 @@ def test_presets_are_offered_to_their_model_family_only(tmp_path):
 
 def test_the_cost_of_an_atlas_or_a_search_is_known_before_it_starts(tmp_path):
     studio = Studio(tiny_pipeline("tiny-sd3"), "tiny-sd3", tmp_path)
-    assert studio.atlas_cost(1) == "Cost: 4 images (no speed measured yet: generate once for an estimate)"
-    studio.generate(Settings("a red fox", steps=2, size=32, heads="L1H0"))
-    assert studio.atlas_cost(1).startswith("Cost: 4 images, about ") and "s per image" in studio.atlas_cost(1)
+    assert studio.atlas_cost(1) == "Cost: 5 images (no speed measured yet: generate once for an estimate)"
+    studio.generate(Settings("a red fox", steps=2, width=32, height=32, heads="L1H0"))
+    assert studio.atlas_cost(1).startswith("Cost: 5 images, about ") and "s per image" in studio.atlas_cost(1)
     # a greedy search over the 12 heads: 2 prompts × 2 seeds = 4 pairs; 12 + 10 candidates over 2 rounds of k = 2
     assert studio.search_cost("a parrot\na boat", "0,1", 2, 2).startswith("Cost: 88 images, about ")
     assert studio.search_cost("", "0", 1, 1) == "Cost: —" and studio.search_cost("a", "x", 1, 1) == "Cost: —"
@@ -104,7 +104,7 @@ def test_the_cost_of_an_atlas_or_a_search_is_known_before_it_starts(tmp_path):
 
 def test_a_search_honours_the_left_panel(tmp_path):
     studio = Studio(tiny_pipeline("tiny-sd3"), "tiny-sd3", tmp_path)
-    panel = Settings("x", negative="blurry", steps=2, size=32, cfg=3.0, pag_scale=2.0, softness=0.5, target="uniform")
+    panel = Settings("x", negative="blurry", steps=2, width=32, height=32, cfg=3.0, pag_scale=2.0, softness=0.5, target="uniform")
     updates = list(studio.search("brightness", "", "a parrot", "0", 1, 1, panel))
     [run] = tmp_path.glob("search-*")
     config = json.loads((run / "config.json").read_text())
@@ -113,7 +113,7 @@ def test_a_search_honours_the_left_panel(tmp_path):
     assert "negative_prompt" in config["extra"] and "blurry" in config["extra"]["negative_prompt"]
     assert any("softness 0.5, target uniform" in u[0] and "with the negative prompt" in u[0] for u in updates)
     with pytest.raises(gr.Error, match="Softness: 2"):
-        list(studio.search("brightness", "", "a parrot", "0", 1, 1, Settings("x", steps=2, size=32, softness=2.0)))
+        list(studio.search("brightness", "", "a parrot", "0", 1, 1, Settings("x", steps=2, width=32, height=32, softness=2.0)))
 
 
 # --- head picker ---------------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_run_and_preset_names_are_checked_and_nothing_is_written_outside(studio,
         with pytest.raises(gr.Error, match="letters, digits"):
             studio.export_preset(name, "", "L0H1", 3.0, 1.0)
         with pytest.raises(gr.Error, match="letters, digits"):
-            list(studio.search("colorfulness", "", "a", "0", 1, 1, Settings("x", steps=1, size=32), run_name=name))
+            list(studio.search("colorfulness", "", "a", "0", 1, 1, Settings("x", steps=1, width=32, height=32), run_name=name))
         with pytest.raises(gr.Error, match="letters, digits"):
             list(studio.resume(name))
         with pytest.raises(gr.Error, match="letters, digits"):
@@ -191,8 +191,8 @@ def test_saved_exported_and_imported_presets(studio, tmp_path):
 
 
 def test_the_cheap_modes_reach_the_call_the_snippets_the_pngs_and_the_cost_note(studio):
-    panel = Settings("a red fox", seed=2, steps=4, size=32, cfg=1.0, pag_scale=2.0, heads="L1H0", reuse=2)
-    (unguided, guided), *_, python, cli, files, history, _ = studio.generate(panel)
+    panel = Settings("a red fox", seed=2, steps=4, width=32, height=32, cfg=1.0, pag_scale=2.0, heads="L1H0", reuse=2)
+    (unguided, guided), _, _, python, cli, files, history, *_ = studio.generate(panel)
     assert "pag_reuse=2" in python and "--pag-reuse 2" in cli and "pag_mode" not in python
     from headhunter.metadata import read_settings
     assert read_settings(files[1])["pag_reuse"] == 2
@@ -200,9 +200,9 @@ def test_the_cheap_modes_reach_the_call_the_snippets_the_pngs_and_the_cost_note(
     # 4 steps, reuse 2: the perturbed pass on steps 0 and 2 of 4
     note = studio.mode_cost(panel)
     assert note.startswith("Cost: 1.50 transformer passes per step (exact 2.00, unguided 1)") and "measured" in note
-    uncond = Settings("a red fox", steps=4, size=32, cfg=3.0, heads="L1H0", mode="uncond")
+    uncond = Settings("a red fox", steps=4, width=32, height=32, cfg=3.0, heads="L1H0", mode="uncond")
     assert studio.mode_cost(uncond).startswith("Cost: 2.00 transformer passes per step (exact 3.00, unguided 2)")
-    *_, python, cli, _, _, _ = studio.generate(uncond)
+    _, _, _, python, cli, *_ = studio.generate(uncond)
     assert "pag_mode='uncond'" in python and "--pag-mode uncond" in cli
 
 

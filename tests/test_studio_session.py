@@ -37,8 +37,8 @@ def close(a, b):
 
 
 def test_a_seed_batch_fills_the_history_and_a_click_restores_it(studio):
-    panel = Settings("a red fox", seed=7, steps=2, size=32, pag_scale=2.0, heads="L1H0")
-    *_, history, strip = studio.generate(panel, batch=3)
+    panel = Settings("a red fox", seed=7, steps=2, width=32, height=32, pag_scale=2.0, heads="L1H0")
+    *_, history, strip, _ = studio.generate(panel, batch=3)
     assert [entry["settings"][2] for entry in history] == [9, 8, 7]  # newest first
     assert [caption for _, caption in strip] == ["seed 9 · L1H0", "seed 8 · L1H0", "seed 7 · L1H0"]
     for entry in history:  # each guided image is what the pipeline makes for its seed
@@ -46,11 +46,11 @@ def test_a_seed_batch_fills_the_history_and_a_click_restores_it(studio):
         reference = direct(studio.pipe, "a red fox", seed, "L1H0", num_inference_steps=2, height=32, width=32,
                            pag_scale=2.0, guidance_scale=1.0)
         assert close(Image.open(entry["files"][1]), reference)
-    later = Settings("a boat", seed=1, steps=2, size=32, pag_scale=5.0, softness=0.5, heads="L0")
-    *_, history, strip = studio.generate(later, history=history)
+    later = Settings("a boat", seed=1, steps=2, width=32, height=32, pag_scale=5.0, softness=0.5, heads="L0")
+    *_, history, strip, _ = studio.generate(later, history=history)
     assert len(history) == 4 and strip[0][1] == "seed 1 · L0"
     restored = studio.restore(history, 2)  # the seed-8 fox
-    assert Settings(*restored[:len(FIELDS)]) == Settings("a red fox", seed=8, steps=2, size=32, pag_scale=2.0,
+    assert Settings(*restored[:len(FIELDS)]) == Settings("a red fox", seed=8, steps=2, width=32, height=32, pag_scale=2.0,
                                                          heads="L1H0")
     unguided, guided = restored[len(FIELDS)]
     assert np.array_equal(np.asarray(guided), np.asarray(Image.open(history[2]["files"][1]).convert("RGB")))
@@ -59,20 +59,20 @@ def test_a_seed_batch_fills_the_history_and_a_click_restores_it(studio):
 
 
 def test_a_png_from_the_studio_loads_its_settings_back(studio):
-    panel = Settings("a lighthouse", negative="fog", seed=3, steps=3, size=32, cfg=2.0, pag_scale=4.0, adaptive=0.5,
+    panel = Settings("a lighthouse", negative="fog", seed=3, steps=3, width=32, height=32, cfg=2.0, pag_scale=4.0, adaptive=0.5,
                      softness=0.25, target="uniform", scope="joint", start=0.1, end=0.9, heads="L0H1,L2@0.5")
     files = studio.generate(panel)[5]
     assert Settings(*studio.settings_from_png(files[1])) == panel
     assert Settings(*studio.settings_from_png(files[0])).heads == ""  # the unguided image: no heads
     plain = files[0].replace("unguided", "plain")
     Image.new("RGB", (8, 8)).save(plain)
-    with pytest.raises(gr.Error, match="carries no headhunter settings") as err:
+    with pytest.raises(gr.Error, match="carries no settings") as err:
         studio.settings_from_png(plain)
     assert "/" not in str(err.value)  # the server path is not echoed
 
 
 def test_the_xy_grid_is_labelled_sized_rows_by_columns_and_each_cell_is_its_own_image(studio):
-    panel = Settings("a red fox", seed=2, steps=2, size=32, pag_scale=3.0, softness=1.0)
+    panel = Settings("a red fox", seed=2, steps=2, width=32, height=32, pag_scale=3.0, softness=1.0)
     grid, path, note = studio.xy(panel, "none\nL0\nL1H0,L2H3", "PAG scale", "1,4")
     cell = 128  # 32 px enlarged ×4, pixel-exactly
     assert grid.size == (LABEL_WIDTH + 2 * cell, LABEL_HEIGHT + 3 * cell)
@@ -90,7 +90,7 @@ def test_the_xy_grid_is_labelled_sized_rows_by_columns_and_each_cell_is_its_own_
     assert all((pixels[LABEL_HEIGHT + r * cell : LABEL_HEIGHT + r * cell + 20, :LABEL_WIDTH] < 128).any() for r in range(3))
     assert all((pixels[:LABEL_HEIGHT, LABEL_WIDTH + c * cell : LABEL_WIDTH + (c + 1) * cell] < 128).any() for c in range(2))
     meta = read_settings(path)
-    assert meta["xy"] == {"rows": ["no heads (unguided)", "L0", "L1H0,L2H3"], "axis": "pag_scale", "values": [1.0, 4.0]}
+    assert meta["xy"] == {"rows": ["no heads (unguided)", "L0", "L1H0,L2H3"], "axis": "PAG scale", "values": [1.0, 4.0]}
     seeds, _, _ = studio.xy(panel, "L1", "Seed", "5,6,7")
     assert seeds.size == (LABEL_WIDTH + 3 * cell, LABEL_HEIGHT + cell)
     for bad, message in (("1,x", "numbers"), ("", "at least one")):
@@ -125,7 +125,7 @@ def test_stop_ends_a_generation_between_steps_and_only_this_sessions(studio):
 
     def run():
         try:
-            studio.generate(Settings("a red fox", steps=200, size=32), request=me)
+            studio.generate(Settings("a red fox", steps=200, width=32, height=32), request=me)
         except gr.Error as err:
             errors.append(str(err.message if hasattr(err, "message") else err))
 
@@ -148,7 +148,7 @@ def test_stop_ends_a_generation_between_steps_and_only_this_sessions(studio):
 
 
 def test_resume_from_the_run_list_ends_with_the_heads_of_an_uninterrupted_run(studio, tmp_path):
-    panel = Settings("x", steps=2, size=32, pag_scale=3.0)
+    panel = Settings("x", steps=2, width=32, height=32, pag_scale=3.0)
     me = type("R", (), {"session_hash": "searcher"})()
     updates = []
     searching = studio.search("colorfulness", "", "a parrot\na boat", "0,1", 2, 2, panel, run_name="my-run", request=me)
@@ -191,7 +191,8 @@ def test_the_default_studio_model_is_the_trained_toy_and_its_snippet_and_command
 
     assert __import__("inspect").signature(launch).parameters["model"].default == "toy-shapes"
     studio = Studio(toy_pipeline(), "toy-shapes", tmp_path / "workspace")
-    assert (studio.defaults.prompt, studio.defaults.steps, studio.defaults.size) == (TOY_PROMPT, 20, 32)
+    assert (studio.defaults.prompt, studio.defaults.steps, studio.defaults.width, studio.defaults.height) == \
+        (TOY_PROMPT, 20, 32, 32)
     assert studio.preset_names() and all(name.startswith("toy-shapes-") for name in studio.preset_names())
     panel = replace_settings(studio.defaults, seed=4, heads=studio.preset_names()[0], pag_scale=3.0)
     (_, guided), _, _, python, cli, *_ = studio.generate(panel)
@@ -212,7 +213,7 @@ def test_chroma_in_the_studio_its_snippet_and_command_line_remake_its_image(tmp_
     for name in ("tiny-chroma", str(folder)):
         pipe = tiny_pipeline("tiny-chroma")
         studio = Studio(pipe, name, tmp_path / "workspace")
-        panel = replace_settings(studio.defaults, steps=2, size=32, seed=2, heads="L1H0,L3H1@0.5", pag_scale=3.0,
+        panel = replace_settings(studio.defaults, steps=2, width=32, height=32, seed=2, heads="L1H0,L3H1@0.5", pag_scale=3.0,
                                  cfg=2.0, negative="blurry")
         (_, guided), _, _, python, cli, *_ = studio.generate(panel)
         loader = "tiny_pipeline('tiny-chroma')" if name == "tiny-chroma" else "HeadHunterChromaPipeline.from_pretrained"

@@ -20,7 +20,7 @@ from headhunter.ui import Settings, Studio, build_app  # noqa: E402
 from headhunter.ui.studio import BATCH_LIMIT  # noqa: E402
 
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
-PANEL = Settings("unused", steps=2, size=32, pag_scale=3.0)  # the left panel a search takes its settings from
+PANEL = Settings("unused", steps=2, width=32, height=32, pag_scale=3.0)  # the left panel a search takes its settings from
 
 
 def free_port():
@@ -64,7 +64,7 @@ def test_concurrent_generate_calls_return_their_own_images(server):
     from gradio_client import Client
 
     url, _, _ = server
-    settings = ["a red fox", "", 3, 2, 32, 1.0, 3.5, 3.0, 0.0, 1.0, "identity", "joint", 0.0, 1.0]
+    settings = ["a red fox", "", 3, 2, 32, 32, 1.0, 3.5, 3.0, 0.0, 1.0, "identity", "joint", 0.0, 1.0]
 
     def call(heads):
         result = Client(url, verbose=False).predict(*settings, heads, 1, api_name="/generate")
@@ -187,15 +187,16 @@ def test_atlas_with_its_cost_and_the_models_presets(page_at, viewport):
     page.get_by_role("button", name="Generate", exact=True).click()  # measures the speed for the estimate
     page.locator("#downloads a").nth(1).wait_for(timeout=30000)
     page.get_by_role("tab", name="Head atlas").click()
-    page.locator("#atlas-cost").get_by_text("Cost: 4 images, about").wait_for(timeout=15000)
+    page.locator("#atlas-cost").get_by_text("Cost: 5 images, about").wait_for(timeout=15000)  # 4 heads, unguided
     page.get_by_label("Layer").fill("1")
     page.get_by_role("button", name="Run atlas").click()
-    page.locator("#atlas img").nth(3).wait_for(timeout=30000)
-    page.wait_for_function("() => !document.querySelector('#atlas .pending, #atlas .generating')", timeout=30000)
+    page.locator("#atlas img").nth(4).wait_for(timeout=30000)
+    page.wait_for_function("() => !document.querySelector('#atlas-cost .pending, #atlas-cost .generating')",
+                           timeout=30000)
     page.wait_for_timeout(1000)  # the atlas event finishes after its last image arrives
     captions = page.locator("#atlas").get_by_text(re.compile(r"^L1H[0-3]$")).all_inner_texts()
     assert sorted(set(captions)) == ["L1H0", "L1H1", "L1H2", "L1H3"]  # one labelled image per head
-    page.locator("#atlas img").nth(3).click()  # a click adds that head
+    page.locator("#atlas img").nth(4).click()  # a click adds that head (the first tile is the unguided image)
     wait_heads(page, "L1H3")
     page.screenshot(path=str(ARTIFACTS / f"studio-atlas-{viewport['width']}.png"))
 
@@ -388,7 +389,7 @@ def test_search_runs_are_named_listed_stopped_and_resumed_in_the_browser(page_at
     page = page_at(viewport)
     name = f"browser-run-{viewport['width']}"
     page.get_by_role("tab", name="Search").click()
-    assert "steps 2, size 32, CFG 1" in page.locator("#search-uses").inner_text()  # what the search takes
+    assert "steps 2, size 32×32, CFG 1" in page.locator("#search-uses").inner_text()  # what the search takes
     page.locator("#run-name textarea, #run-name input").first.fill("../escape")
     page.get_by_role("button", name="Search", exact=True).click()
     toast(page, "Run name: use letters, digits")
@@ -491,7 +492,7 @@ def test_an_image_waits_for_at_most_the_batch_in_flight_of_a_search(server):
     try:
         run_dir, _ = _wait_for_scores(workspace, runs_before, 8)
         before = _scores(run_dir)
-        (unguided, guided), *_ = studio.generate(Settings("a red fox", steps=2, size=32, heads="L1H0"))
+        (unguided, guided), *_ = studio.generate(Settings("a red fox", steps=2, width=32, height=32, heads="L1H0"))
         during = _scores(run_dir) - before
         assert during <= 16, during  # the batch in flight (and its scoring), not the rest of the search
         assert guided.size == (32, 32)
@@ -513,7 +514,7 @@ def test_python_snippet_and_command_line_regenerate_the_guided_image(server, tmp
     from headhunter.cli import main
 
     _, studio, _ = server
-    (unguided, guided), _, _, python, cli, *_ = studio.generate(Settings("a red fox", seed=5, steps=2, size=32, pag_scale=2.0,
+    (unguided, guided), _, _, python, cli, *_ = studio.generate(Settings("a red fox", seed=5, steps=2, width=32, height=32, pag_scale=2.0,
                                                                         softness=0.5, target="uniform", heads="L1H2,L0"))
     namespace = {}
     exec(compile(python, "snippet", "exec"), namespace)
@@ -534,8 +535,8 @@ def test_shown_images_are_lossless_and_downloads_carry_their_settings(server):
     from headhunter.metadata import read_settings
 
     url, _, _ = server
-    settings = ["a red fox", "", 5, 2, 32, 1.0, 3.5, 3.0, 0.0, 0.5, "identity", "joint", 0.0, 1.0]
-    slider, _, _, python, _, files, _ = Client(url, verbose=False).predict(*settings, "L0H1,L2", 1, api_name="/generate")
+    settings = ["a red fox", "", 5, 2, 32, 32, 1.0, 3.5, 3.0, 0.0, 0.5, "identity", "joint", 0.0, 1.0]
+    slider, _, _, python, _, files, *_ = Client(url, verbose=False).predict(*settings, "L0H1,L2", 1, api_name="/generate")
     paths = [p if isinstance(p, str) else p["path"] for p in slider]
     assert all(Image.open(p).format == "PNG" for p in paths)
     shown = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
@@ -591,7 +592,7 @@ def test_a_chroma_studio_serves_guided_images_through_its_api(tmp_path):
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        settings = ["a red fox", "blurry", 3, 2, 32, 2.0, 3.5, 3.0, 0.0, 1.0, "identity", "joint", 0.0, 1.0]
+        settings = ["a red fox", "blurry", 3, 2, 32, 32, 2.0, 3.5, 3.0, 0.0, 1.0, "identity", "joint", 0.0, 1.0]
         result = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(*settings, "L1H0,L3", 1,
                                                                             api_name="/generate")
         unguided, guided = (np.asarray(Image.open(p if isinstance(p, str) else p["path"])) for p in result[0])
@@ -601,16 +602,18 @@ def test_a_chroma_studio_serves_guided_images_through_its_api(tmp_path):
 
 
 @needs_chromium
-def test_out_of_range_fields_and_bad_heads_are_one_named_toast_and_the_last_result_stays(page_at):
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_out_of_range_fields_and_bad_heads_are_one_named_toast_and_the_last_result_stays(page_at, viewport):
     """Typed as an artist would: each mistake is one toast naming the field (as text: the heads help's L<layer>H<head>
     survives), and the compare view keeps the last result instead of turning into error badges."""
-    page = page_at({"width": 1440, "height": 900})
+    page = page_at(viewport)
     page.locator("#heads textarea, #heads input").first.fill("L1H0")
     page.get_by_role("button", name="Generate", exact=True).click()
     page.locator("#history img").first.wait_for(timeout=60000)
     compare = page.locator("#compare img").first.get_attribute("src")
     cases = [("PAG scale", "-2", "3", "PAG scale: 0 or more, got -2"), ("Seed", "-5", "0", "Seed: 0 or more, got -5"),
-             ("Seed batch", "50", "1", f"Seed batch: 1 to {BATCH_LIMIT}"), ("Steps", "0", "20", "Steps: 1 or more, got 0")]
+             ("Seed batch", "50", "1", f"Seed batch: 1 to {BATCH_LIMIT}"), ("Steps", "0", "20", "Steps: 1 or more, got 0"),
+             ("Softness", "5", "1", "Softness: 5 is outside [0, 1]")]
     for label, bad, good, message in cases:
         page.get_by_label(label, exact=True).fill(bad)
         page.get_by_role("button", name="Generate", exact=True).click()

@@ -18,6 +18,7 @@ from test_ui import (ARTIFACTS, cell, free_port, launch_chromium, needs_chromium
 from headhunter.metadata import settings_of  # noqa: E402
 from headhunter.testing import tiny_modular_pipeline  # noqa: E402
 from headhunter.ui import Settings, Studio, build_app  # noqa: E402
+from headhunter.ui.settings import FIELDS  # noqa: E402
 
 
 def _served_settings(url, src):
@@ -66,11 +67,11 @@ def test_the_studio_runs_the_model_in_the_browser(modular_server):
         page.get_by_role("tab", name="Head atlas").click()
         page.get_by_label("Layer").fill("1")
         page.get_by_role("button", name="Run atlas").click()
-        page.locator("#atlas img").nth(1).wait_for(timeout=60000)
+        page.locator("#atlas img").nth(2).wait_for(timeout=60000)
         page.wait_for_function("() => !document.querySelector('#atlas .pending, #atlas .generating')", timeout=60000)
         page.wait_for_timeout(1000)
-        atlas = [_served_settings(url, page.locator("#atlas img").nth(i).get_attribute("src")) for i in range(2)]
-        assert sorted(s["pag_heads"] for s in atlas) == ["L1H0", "L1H1"]
+        atlas = [_served_settings(url, page.locator("#atlas img").nth(i).get_attribute("src")) for i in range(3)]
+        assert [s["pag_heads"] for s in atlas] == [None, "L1H0", "L1H1"]  # the unguided reference tile first
         page.screenshot(path=str(ARTIFACTS / f"studio-{model}-atlas-1440.png"))
         # the XY grid: 2 head sets × 2 PAG scales, the shown grid with its settings
         render_xy(page, "none\nL1", "0,2")
@@ -102,7 +103,7 @@ def test_the_snippet_and_the_command_line_remake_the_guided_image(model_type, tm
 
     model = f"tiny-{model_type}"
     studio = Studio(tiny_modular_pipeline(model_type), model, tmp_path / "workspace")
-    settings = Settings("a red fox", seed=5, steps=2, size=32, pag_scale=2.0, heads="L1H0,L0", cfg=studio.defaults.cfg)
+    settings = Settings("a red fox", seed=5, steps=2, width=32, height=32, pag_scale=2.0, heads="L1H0,L0", cfg=studio.defaults.cfg)
     (unguided, guided), diff, _, python, cli, files, *_ = studio.generate(settings)
     assert settings_of(guided)["pag_heads"] == "L1H0,L0" and settings_of(unguided)["pag_heads"] is None
     assert settings_of(diff)["seed"] == 5 and studio.defaults.cfg == (5.0 if model_type == "wan" else 1.0)
@@ -116,7 +117,8 @@ def test_the_snippet_and_the_command_line_remake_the_guided_image(model_type, tm
     diff_levels = np.abs(np.asarray(Image.open(png).convert("RGB")).astype(int) - np.asarray(guided).astype(int))
     assert diff_levels.max() <= 1 and (diff_levels > 0).mean() < 0.01
     restored = studio.restore(studio.generate(settings)[6], 0)
-    assert settings_of(restored[-2][1])["pag_heads"] == "L1H0,L0"  # a history click shows images with settings
+    pair = restored[len(FIELDS)]
+    assert settings_of(pair[1])["pag_heads"] == "L1H0,L0"  # a history click shows images with settings
 
 
 def test_the_ui_command_refuses_what_it_cannot_load(tmp_path, capsys):

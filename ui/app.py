@@ -13,6 +13,7 @@ import gradio as gr
 
 from headhunter.heads import HeadSet
 
+from .page import PAGE_JS
 from .picker import PICKER_CSS, PICKER_JS, picker_html
 from .settings import FIELDS, Settings
 from .studio import BATCH_LIMIT, SCOPES, TARGETS, Studio
@@ -21,7 +22,17 @@ from .xy import AXES
 __all__ = ["Studio", "build_app", "launch"]
 
 CSS = """
-#compare.pixelated img, #difference img { image-rendering: pixelated; }
+#compare.pixelated img, #difference img, #history img, #batch img, #atlas img { image-rendering: pixelated; }
+/* galleries of small images: whole images (no crop), a fixed number of columns whatever the count, captions whole */
+#history img, #batch img, #atlas img { object-fit: contain !important; }
+#history .grid-container { grid-template-columns: repeat(6, minmax(0, 1fr)) !important; }
+#batch .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+#atlas .grid-container { grid-template-columns: repeat(5, minmax(0, 1fr)) !important; }
+#history .grid-container, #batch .grid-container, #atlas .grid-container { padding-top: 30px !important; }
+/* the line under Generate holds the progress bar and the queue position: room for Gradio's overlay */
+#generate-status { min-height: 64px; }
+#history .caption-label, #batch .caption-label, #atlas .caption-label { white-space: normal !important;
+  overflow: visible !important; max-width: 100% !important; font-size: 11px; }
 """
 
 
@@ -91,19 +102,27 @@ def build_app(studio: Studio) -> gr.Blocks:
     layout, defaults = studio.layout, studio.defaults
     with gr.Blocks(title="headhunter studio") as app:
         gr.HTML(f"<style>{CSS}</style>", padding=False)  # page-wide rules (Gradio 6 takes css= only in launch)
+        gr.HTML("", js_on_load=PAGE_JS, padding=False, elem_id="page-keys")
         gr.Markdown(f"## headhunter studio · **{studio.model_name}** — {layout.describe()}")
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=360):
                 prompt = gr.Textbox(label="Prompt", value=defaults.prompt, lines=1)
-                heads = gr.Textbox(label="Heads", value="", placeholder="L13H17, L1H10@0.5 — or click the grid",
-                                   elem_id="heads")
-                picker = gr.HTML(picker_html(layout, HeadSet()), css_template=PICKER_CSS, js_on_load=PICKER_JS,
-                                 elem_id="head-picker", apply_default_css=False)
+                # Generate under the prompt, as in A1111: in reach at any width, whatever tab is open
                 with gr.Row():
-                    preset = gr.Dropdown(studio.preset_names(), label="Preset", value=None, scale=3)
+                    run = gr.Button("Generate", variant="primary", scale=3, elem_id="generate")
+                    stop_images = gr.Button("Stop", scale=1, elem_id="stop-images")
+                progress_box = gr.Markdown("Enter in the prompt, or Ctrl+Enter anywhere, generates",
+                                           elem_id="generate-status")
+                heads = gr.Textbox(label="Heads", value=defaults.heads, placeholder="L13H17, L1H10@0.5 — or click the grid",
+                                   elem_id="heads")
+                picker = gr.HTML(picker_html(layout, HeadSet.parse(defaults.heads)), css_template=PICKER_CSS,
+                                 js_on_load=PICKER_JS, elem_id="head-picker", apply_default_css=False)
+                with gr.Row():
+                    preset = gr.Dropdown(studio.preset_names(), label="Preset", value=studio.default_preset, scale=3)
                     use_preset = gr.Button("Use preset", scale=1)
-                # no Gradio minimum/maximum on these fields: Gradio's own check fails before the studio's and turns
-                # every output into an error badge; the studio names the field and keeps the last result
+                # no Gradio minimum/maximum on these fields (sliders included): Gradio's own check fails before the
+                # studio's and turns every output into an error badge; the studio names the field and keeps the
+                # last result
                 with gr.Accordion("Settings", open=True):
                     with gr.Row():
                         seed = gr.Number(label="Seed", value=defaults.seed, precision=0)
@@ -112,22 +131,25 @@ def build_app(studio: Studio) -> gr.Blocks:
                                           info=f"seeds from Seed on, up to {BATCH_LIMIT}")
                     with gr.Row():
                         steps = gr.Number(label="Steps", value=defaults.steps, precision=0)
-                        size = gr.Number(label="Size", value=defaults.size, precision=0)
+                        width = gr.Number(label="Width", value=defaults.width, precision=0, info=studio.size_help())
+                        height = gr.Number(label="Height", value=defaults.height, precision=0, info=studio.size_help())
+                    with gr.Row():
                         cfg = gr.Number(label="True CFG" if studio.flux else "CFG", value=defaults.cfg,
                                         info="classifier-free guidance; 1 is off (the negative prompt needs > 1)")
                         flux_guidance = gr.Number(label="FLUX guidance", value=defaults.flux_guidance,
                                                   visible=studio.flux, info="FLUX's distilled guidance scale")
-                    with gr.Row():
                         pag_scale = gr.Number(label="PAG scale", value=defaults.pag_scale)
                         adaptive = gr.Number(label="Adaptive scale", value=defaults.adaptive,
                                              info="lowers the PAG scale as steps go; 0 is off")
-                        softness = gr.Slider(0, 1, value=defaults.softness, step=0.05, label="Softness",
-                                             info="u for heads without their own @u")
                     with gr.Row():
+                        softness = gr.Number(label="Softness", value=defaults.softness, step=0.05,
+                                             info="0 to 1: u for heads without their own @u")
                         target = gr.Dropdown(TARGETS, value=defaults.target, label="Target")
                         scope = gr.Dropdown(SCOPES, value=defaults.scope, label="Scope")
-                        start = gr.Slider(0, 1, value=defaults.start, step=0.05, label="Interval start")
-                        end = gr.Slider(0, 1, value=defaults.end, step=0.05, label="Interval end")
+                    with gr.Row():
+                        start = gr.Number(label="Interval start", value=defaults.start, step=0.05,
+                                          info="0 to 1: guided from this fraction of the steps")
+                        end = gr.Number(label="Interval end", value=defaults.end, step=0.05, info="0 to 1: … to this one")
                     with gr.Row():
                         mode = gr.Dropdown(["cond", "uncond"], value=defaults.mode, label="Mode",
                                            info="cond: a perturbed pass of its own; uncond: CFG's unconditional "
@@ -137,6 +159,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                                                "(1 exact; see the README's cheap modes)")
                     mode_cost = gr.Markdown(studio.mode_cost(defaults), elem_id="mode-cost")
                     negative = gr.Textbox(label="Negative prompt", value=defaults.negative)
+                png = gr.File(label="Load settings: drop a PNG anywhere on the page (headhunter, A1111, ComfyUI)",
+                              file_types=[".png"], type="filepath", elem_id="load-png", height=90)
                 with gr.Accordion("Save, export, import presets", open=False):
                     with gr.Row():
                         preset_name = gr.Textbox(label="Preset name", placeholder="letters, digits, - and _")
@@ -147,83 +171,90 @@ def build_app(studio: Studio) -> gr.Blocks:
                     exported = gr.File(label="Exported preset", elem_id="exported-preset")
                     imported = gr.File(label="Import a preset file (.json)", file_types=[".json"], type="filepath",
                                        elem_id="import-preset")
-                png = gr.File(label="Load settings: drop a headhunter PNG", file_types=[".png"], type="filepath",
-                              elem_id="load-png")
             with gr.Column(scale=6, min_width=360):
-                with gr.Tab("Generate"):
-                    with gr.Row():
-                        run = gr.Button("Generate", variant="primary", scale=3)
-                        stop_images = gr.Button("Stop", scale=1, elem_id="stop-images")
-                    # PNG, not the default WebP: what the page shows is what the pipeline made. Both images keep the
-                    # same box (no fixed height: a fixed one offset the halves), and small ones are enlarged as pixels.
-                    compare = gr.ImageSlider(label="Unguided | guided", type="pil", elem_id="compare", max_height=420,
-                                             format="png", elem_classes=["pixelated"] if defaults.size < 256 else None)
-                    history = gr.State([])
-                    strip = gr.Gallery(label="This session (click to restore its settings)", columns=8, height=120,
-                                       allow_preview=False, elem_id="history", format="png")
-                    diff = gr.Image(label="Absolute difference", type="pil", elem_id="difference", height=240,
-                                    format="png")
-                    diff_note = gr.Markdown()
-                    downloads = gr.File(label="Download: unguided and guided PNG, settings in their metadata",
-                                        file_count="multiple", elem_id="downloads")
-                    python = gr.Code(label="Python", language="python")
-                    cli = gr.Textbox(label="Command line")
-                with gr.Tab("Head atlas"):
-                    layer = gr.Number(label="Layer", value=0, precision=0)
-                    with gr.Row():
-                        atlas_run = gr.Button("Run atlas", variant="primary")
-                        atlas_stop = gr.Button("Stop")
-                    atlas_cost = gr.Markdown(studio.atlas_cost(0), elem_id="atlas-cost")
-                    gallery = gr.Gallery(label="Each head of the layer, perturbed alone (click to add it)",
-                                         columns=6, elem_id="atlas", format="png")
-                with gr.Tab("XY grid"):
-                    xy_rows = gr.Textbox(label="Rows: one head set per line (a spec, a preset name, or none)",
-                                         lines=3, value="none\nL0\nL1H0,L1H1", elem_id="xy-rows")
-                    with gr.Row():
-                        xy_axis = gr.Dropdown(list(AXES), value="PAG scale", label="Columns vary")
-                        xy_values = gr.Textbox(label="Column values", value="1,3,5", elem_id="xy-values")
-                    with gr.Row():
-                        xy_run = gr.Button("Render grid", variant="primary")
-                        xy_stop = gr.Button("Stop")
-                    xy_image = gr.Image(label="XY grid", type="pil", format="png", elem_id="xy-grid")
-                    xy_note = gr.Markdown()
-                    xy_file = gr.File(label="Download the grid (PNG with its settings)", elem_id="xy-file")
-                with gr.Tab("Search"):
-                    search_uses = gr.Markdown(studio.search_uses(defaults), elem_id="search-uses")
-                    with gr.Row():
-                        objective = gr.Dropdown(studio.objectives(), value=studio.search_defaults[0], label="Objective",
-                                                allow_custom_value=True, info="a registered scorer, or a spec such "
-                                                "as clip:golden hour")
-                        style = gr.Textbox(label="Style", value="")
-                        run_name = gr.Textbox(label="Run name", placeholder="new: leave empty for a dated name",
-                                              elem_id="run-name")
-                    contents = gr.Textbox(label="Content prompts", lines=3, value=studio.search_defaults[1])
-                    with gr.Row():
-                        seeds = gr.Textbox(label="Seeds", value="0,1")
-                        top_k = gr.Number(label="k", value=2, precision=0)
-                        rounds = gr.Number(label="Rounds", value=1, precision=0)
-                    search_cost = gr.Markdown(studio.search_cost(contents.value, seeds.value, top_k.value, rounds.value),
-                                              elem_id="search-cost")
-                    with gr.Row():
-                        search_run = gr.Button("Search", variant="primary")
-                        search_stop = gr.Button("Stop", elem_id="stop-search")
-                        resume = gr.Button("Resume the chosen run", elem_id="resume")
-                    status = gr.Markdown(elem_id="search-status")
-                    with gr.Row():
-                        heatmap = gr.Image(label="Heat map of the latest round (layers × heads)", type="pil",
-                                           format="png", elem_id="heatmap", scale=3)
-                        ranking = gr.Dataframe(headers=["head", "score", "pairs"], label="Ranking", interactive=False,
-                                               elem_id="ranking", scale=2, max_height=320)
-                    with gr.Row():
-                        found = gr.Textbox(label="Selected heads", scale=3)
-                        use_found = gr.Button("Use these heads", scale=1)
-                    runs = gr.Dataframe(studio.runs_table(), headers=["run", "status", "objective", "heads so far",
-                                                                      "images"],
-                                        label="Runs in the workspace (click one to choose it)", interactive=False,
-                                        elem_id="runs")
+                with gr.Tabs() as tabs:
+                    with gr.Tab("Generate", id="generate"):
+                        # PNG, not the default WebP: what the page shows is what the pipeline made, with its
+                        # settings. Both images keep the same box (no fixed height: a fixed one offset the halves),
+                        # and small ones are enlarged as pixels.
+                        compare = gr.ImageSlider(label="Unguided | guided", type="pil", elem_id="compare",
+                                                 max_height=420, format="png",
+                                                 elem_classes=["pixelated"] if max(defaults.width, defaults.height) < 256
+                                                 else None)
+                        batch_pairs = gr.Gallery(label="Seed batch: unguided | guided per seed (click one to compare)",
+                                                 columns=4, object_fit="contain", allow_preview=False, visible=False,
+                                                 elem_id="batch", format="png", height="auto")
+                        history = gr.State([])
+                        strip = gr.Gallery(label="This session (click to restore the run)", columns=6, height=170,
+                                           object_fit="contain", allow_preview=False, elem_id="history", format="png")
+                        diff = gr.Image(label="Absolute difference", type="pil", elem_id="difference", height=240,
+                                        format="png")
+                        diff_note = gr.Markdown(elem_id="difference-note")
+                        downloads = gr.File(label="Download: unguided and guided PNG, settings in their metadata",
+                                            file_count="multiple", elem_id="downloads")
+                        python = gr.Code(label="Python", language="python", elem_id="python")
+                        cli = gr.Textbox(label="Command line", elem_id="cli")
+                    with gr.Tab("Head atlas", id="atlas"):
+                        layer = gr.Number(label="Layer", value=0, precision=0)
+                        with gr.Row():
+                            atlas_run = gr.Button("Run atlas", variant="primary")
+                            atlas_stop = gr.Button("Stop")
+                        atlas_cost = gr.Markdown(studio.atlas_cost(0), elem_id="atlas-cost")
+                        gallery = gr.Gallery(label="The unguided image, then each head of the layer perturbed alone "
+                                             "(click a head to add it, again to remove it)", columns=5,
+                                             object_fit="contain", allow_preview=False, height="auto",
+                                             elem_id="atlas", format="png")
+                    with gr.Tab("XY grid", id="xy"):
+                        xy_rows = gr.Textbox(label="Rows: one head set per line (a spec, a preset name, or none)",
+                                             lines=3, value="none\nL0\nL1H0,L1H1", elem_id="xy-rows")
+                        with gr.Row():
+                            xy_axis = gr.Dropdown(list(AXES), value="PAG scale", label="Columns vary")
+                            xy_values = gr.Textbox(label="Column values", value="1,3,5", elem_id="xy-values",
+                                                   info="comma-separated; Prompt S/R: the text to replace, then its "
+                                                        "replacements; Interval: start-end, e.g. 0-0.5,0.5-1")
+                        with gr.Row():
+                            xy_run = gr.Button("Render grid", variant="primary")
+                            xy_stop = gr.Button("Stop")
+                        xy_image = gr.Image(label="XY grid", type="pil", format="png", elem_id="xy-grid")
+                        xy_note = gr.Markdown(elem_id="xy-note")
+                        xy_file = gr.File(label="Download the grid (PNG with its settings)", elem_id="xy-file")
+                    with gr.Tab("Search", id="search"):
+                        search_uses = gr.Markdown(studio.search_uses(defaults), elem_id="search-uses")
+                        with gr.Row():
+                            objective = gr.Dropdown(studio.objectives(), value=studio.search_defaults[0],
+                                                    label="Objective", allow_custom_value=True,
+                                                    info="a registered scorer, or a spec such as clip:golden hour")
+                            style = gr.Textbox(label="Style", value="")
+                            run_name = gr.Textbox(label="Run name", placeholder="new: leave empty for a dated name",
+                                                  elem_id="run-name")
+                        contents = gr.Textbox(label="Content prompts", lines=3, value=studio.search_defaults[1],
+                                              elem_id="contents")
+                        with gr.Row():
+                            seeds = gr.Textbox(label="Seeds", value="0,1", elem_id="search-seeds")
+                            top_k = gr.Number(label="k", value=2, precision=0, elem_id="top-k")
+                            rounds = gr.Number(label="Rounds", value=1, precision=0, elem_id="rounds")
+                        search_cost = gr.Markdown(studio.search_cost(contents.value, seeds.value, top_k.value,
+                                                                     rounds.value), elem_id="search-cost")
+                        with gr.Row():
+                            search_run = gr.Button("Search", variant="primary")
+                            search_stop = gr.Button("Stop", elem_id="stop-search")
+                            resume = gr.Button("Resume the chosen run", elem_id="resume")
+                        status = gr.Markdown(elem_id="search-status")
+                        runs = gr.Dataframe(studio.runs_table(), headers=["run", "status", "objective", "heads so far",
+                                                                          "images"],
+                                            label="Runs in the workspace (click one to choose it)", interactive=False,
+                                            elem_id="runs", wrap=True, column_widths=["30%", "14%", "16%", "22%", "18%"])
+                        with gr.Row():
+                            heatmap = gr.Image(label="Heat map of the latest round (layers × heads)", type="pil",
+                                               format="png", elem_id="heatmap", scale=3)
+                            ranking = gr.Dataframe(headers=["head", "score", "pairs"], label="Ranking",
+                                                   interactive=False, elem_id="ranking", scale=2, max_height=320)
+                        with gr.Row():
+                            found = gr.Textbox(label="Selected heads", scale=3)
+                            use_found = gr.Button("Use these heads", scale=1)
 
-        settings = [prompt, negative, seed, steps, size, cfg, flux_guidance, pag_scale, adaptive, softness, target,
-                    scope, start, end, heads, reuse, mode]
+        settings = [prompt, negative, seed, steps, width, height, cfg, flux_guidance, pag_scale, adaptive, softness,
+                    target, scope, start, end, heads, reuse, mode]
         panel = [c for c in settings if c is not heads]  # the fields whose changes redraw the notes below
         assert len(settings) == len(FIELDS)
         instant = dict(concurrency_limit=None, show_progress="hidden")
@@ -235,8 +266,6 @@ def build_app(studio: Studio) -> gr.Blocks:
             return studio.pick(text, data.get("layer", -1), data.get("head"))
 
         picker.click(keeping_last_result(pick, 1), [heads], [heads], **instant)
-        heads.change(studio.picker, [heads, softness], [picker], **instant)
-        softness.change(studio.picker, [heads, softness], [picker], **instant)
         use_preset.click(keeping_last_result(studio.apply_preset, 3), [preset], [heads, pag_scale, softness], **instant)
         save.click(keeping_last_result(studio.save_preset, 1),
                    [preset_name, preset_description, heads, pag_scale, softness], [preset], **instant)
@@ -244,59 +273,92 @@ def build_app(studio: Studio) -> gr.Blocks:
                      [preset_name, preset_description, heads, pag_scale, softness], [exported], **instant)
         imported.upload(keeping_last_result(studio.import_preset, 4), [imported], [heads, pag_scale, softness, preset],
                         **instant)
-        png.upload(keeping_last_result(studio.settings_from_png, len(settings)), [png], settings, **instant)
+        # the box empties after each PNG (read or refused), so the next drop anywhere lands in it again
+        png.upload(keeping_last_result(with_settings(studio.settings_from_png, before=("upload",)), len(settings)),
+                   [png, *settings], settings, **instant).then(lambda: None, None, [png], **instant)
         dice.click(lambda: random.randrange(2**31), None, [seed], **instant)
 
-        generate_outputs = [compare, diff, diff_note, python, cli, downloads, history, strip]
-        generating = run.click(keeping_last_result(with_settings(studio.generate, after=("batch", "history")),
-                                                   len(generate_outputs)),
-                               [*settings, batch, history], generate_outputs, concurrency_id="pipeline",
-                               api_name="generate")
-        stop_images.click(studio.stop_images, None, None, concurrency_limit=None)
+        # Generate: one job per page at a time (a second press while it waits or runs is ignored, and the button
+        # is off); its progress and queue position show in the line under the button, not over the results
+        generate_outputs = [compare, diff, diff_note, python, cli, downloads, history, strip, batch_pairs]
+        pressed = [run.click, prompt.submit]
+        gr.on(pressed, lambda: (gr.update(interactive=False), gr.Tabs(selected="generate")), None, [run, tabs],
+              **instant)
+        generating = gr.on(pressed, keeping_last_result(with_settings(studio.generate, after=("batch", "history")),
+                                                        len(generate_outputs)),
+                           [*settings, batch, history], generate_outputs, concurrency_id="pipeline",
+                           api_name="generate", trigger_mode="once", show_progress_on=[progress_box])
+        generating.then(lambda: gr.update(interactive=True), None, [run], **instant)
+
+        def stop_generating(request: gr.Request) -> Any:
+            studio.stop_images(request)
+            gr.Info("Stopped: the last result is kept")
+            return gr.update(interactive=True)
+
+        # Stop ends a running generation between steps and takes a waiting one out of the queue
+        stop_images.click(stop_generating, None, [run], cancels=[generating], concurrency_limit=None)
+
+        described = [compare, diff, diff_note, python, cli, downloads]
 
         def restore(entries: list, evt: gr.SelectData) -> tuple:
             return studio.restore(entries, evt.index)
 
-        strip.select(keeping_last_result(restore, len(settings) + 2), [history], [*settings, compare, downloads],
+        strip.select(keeping_last_result(restore, len(settings) + len(described)), [history], [*settings, *described],
                      **instant)
 
-        atlas_run.click(keeping_last_result(with_settings(studio.atlas, after=("layer",)), 1), [*settings, layer],
-                        [gallery], concurrency_id="pipeline", api_name="atlas")
-        atlas_stop.click(studio.stop_images, None, None, concurrency_limit=None)
+        def restore_pair(entries: list, pairs: list, evt: gr.SelectData) -> tuple:
+            # the batch gallery shows the latest Generate's seeds in order; the history has them newest first
+            return studio.restore(entries, len(pairs or []) - 1 - evt.index)
+
+        batch_pairs.select(keeping_last_result(restore_pair, len(settings) + len(described)), [history, batch_pairs],
+                           [*settings, *described], **instant)
+
+        atlas_running = atlas_run.click(keeping_last_result(with_settings(studio.atlas, after=("layer",)), 1),
+                                        [*settings, layer], [gallery], concurrency_id="pipeline", api_name="atlas",
+                                        show_progress_on=[atlas_cost])
+        atlas_stop.click(studio.stop_images, None, None, cancels=[atlas_running], concurrency_limit=None)
 
         def atlas_pick(text: str, evt: gr.SelectData) -> str:
             return studio.atlas_pick(text, evt.value.get("caption") if isinstance(evt.value, dict) else None)
 
         gallery.select(keeping_last_result(atlas_pick, 1), [heads], [heads], **instant)
 
-        xy_run.click(keeping_last_result(with_settings(studio.xy, after=("rows", "axis", "values")), 3),
-                     [*settings, xy_rows, xy_axis, xy_values], [xy_image, xy_file, xy_note],
-                     concurrency_id="pipeline", api_name="xy")
-        xy_stop.click(studio.stop_images, None, None, concurrency_limit=None)
+        xy_running = xy_run.click(keeping_last_result(with_settings(studio.xy, after=("rows", "axis", "values")), 3),
+                                  [*settings, xy_rows, xy_axis, xy_values], [xy_image, xy_file, xy_note],
+                                  concurrency_id="pipeline", api_name="xy", show_progress_on=[xy_note])
+        xy_stop.click(studio.stop_images, None, None, cancels=[xy_running], concurrency_limit=None)
 
-        # the cost of an atlas or a search, and what a search takes from the left panel, before it starts
+        # the picker, the cost of a step, an atlas or a search, and what a search takes from the left panel, redrawn
+        # by one event per change (one message, not one per note, for a field that cannot be read)
+        def panel_notes(*values: Any) -> tuple:
+            current = Settings(*values)
+            return (studio.picker(current.heads, current.softness), studio.mode_cost(current),
+                    studio.search_uses(current))
+
+        gr.on([c.change for c in settings], panel_notes, settings, [picker, mode_cost, search_uses], **instant)
+        generating.then(lambda *values: studio.mode_cost(Settings(*values)), settings, [mode_cost], **instant)
         atlas_inputs, search_inputs = [layer], [contents, seeds, top_k, rounds]
         for trigger in (layer.change, generating.then):
             trigger(studio.atlas_cost, atlas_inputs, [atlas_cost], **instant)
         for trigger in (contents.change, seeds.change, top_k.change, rounds.change, generating.then):
             trigger(studio.search_cost, search_inputs, [search_cost], **instant)
-        gr.on([c.change for c in panel], lambda *values: studio.search_uses(Settings(*values)), settings,
-              [search_uses], **instant)
-        gr.on([c.change for c in panel], lambda *values: studio.mode_cost(Settings(*values)), settings, [mode_cost],
-              **instant)
-        generating.then(lambda *values: studio.mode_cost(Settings(*values)), settings, [mode_cost], **instant)
 
         # a search has its own queue slot: it takes the pipeline one batch at a time, so images go in between
         search_outputs = [status, heatmap, ranking, found, preset, runs]
+        form = [objective, style, contents, seeds, top_k, rounds]
         searching = with_settings(studio.search, before=("objective", "style", "contents", "seeds", "top_k", "rounds"),
                                   after=("run_name",), generator=True)
-        search_run.click(keeping_last_result(searching, len(search_outputs)), [objective, style, contents, seeds, top_k, rounds, *settings, run_name], search_outputs,
-                         concurrency_id="search", concurrency_limit=1, api_name="search")
-        def resume_run(name: str, request: gr.Request) -> Any:
-            yield from studio.resume(name, request)
+        search_run.click(keeping_last_result(searching, len(search_outputs)), [*form, *settings, run_name],
+                         search_outputs, concurrency_id="search", concurrency_limit=1, api_name="search")
 
-        resume.click(keeping_last_result(resume_run, len(search_outputs)), [run_name], search_outputs,
-                     concurrency_id="search", concurrency_limit=1)
+        def resume_run(name: str, request: gr.Request) -> Any:
+            # the form shows the run's own prompts, seeds, k and rounds (what it resumes with), then its progress
+            yield (*[gr.skip()] * len(search_outputs), *studio.run_form(name))
+            for shown in studio.resume(name, request):
+                yield (*shown, *[gr.skip()] * len(form))
+
+        resume.click(keeping_last_result(resume_run, len(search_outputs) + len(form)), [run_name],
+                     [*search_outputs, *form], concurrency_id="search", concurrency_limit=1)
         search_stop.click(studio.stop_search, None, None, concurrency_limit=None)
         app.unload(studio.stop_all)  # a closed page stops its work
 

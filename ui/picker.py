@@ -29,6 +29,7 @@ PICKER_CSS = """
 .hh-legend i { display: inline-block; width: 12px; height: 12px; vertical-align: -2px; margin-right: 4px;
   border: 1px solid #a0aabe; }
 .hh-error { color: #b91c1c; font-weight: 600; margin: 0 0 6px; }
+.hh-hint { color: var(--body-text-color-subdued); font-weight: 600; margin: 0 0 6px; }
 .hh-scroll { max-height: 440px; width: fit-content; max-width: 100%; overflow: auto; border: 1px solid var(--border-color-primary); }
 .hh-grid { border-collapse: separate; border-spacing: 2px; margin: 0; width: auto; border: none; }
 .hh-grid th { border: none; position: sticky; background: var(--block-background-fill); color: var(--body-text-color);
@@ -78,6 +79,9 @@ def picker_html(layout: HeadLayout, heads: HeadSet, default_softness: float = 1.
                     f'{"".join(cells)}</tr>')
     header = "".join(f"<th>H{head}</th>" for head in range(layout.num_heads))
     problem = f'<div class="hh-error" role="alert">{html.escape(error)}</div>' if error else ""
+    if not error and not heads:
+        problem = '<div class="hh-hint">no heads: guided = unguided — click cells, or use a preset</div>'
+
     return (f'<div class="hh-picker">{problem}<div class="hh-legend">{"".join(legend)}</div>'
             f'<div class="hh-scroll"><table class="hh-grid"><thead><tr><th></th>{header}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div></div>')

@@ -20,7 +20,8 @@ class Settings:
     negative: str = ""
     seed: int = 0
     steps: int = 28
-    size: int = 1024
+    width: int = 1024
+    height: int = 1024
     cfg: float = 1.0
     flux_guidance: float = 3.5
     pag_scale: float = 3.0
@@ -37,7 +38,7 @@ class Settings:
     def checked(self) -> "Settings":
         """These settings with numbers as numbers; ValueError naming the first field that is wrong."""
         values = {}
-        for name in ("seed", "steps", "size", "reuse"):
+        for name in ("seed", "steps", "width", "height", "reuse"):
             try:
                 values[name] = int(getattr(self, name))
             except (TypeError, ValueError):
@@ -55,8 +56,9 @@ class Settings:
                 raise ValueError(f"{_label(name)}: a finite number, got {getattr(self, name)!r}")
         if values["steps"] < 1:
             raise ValueError(f"Steps: 1 or more, got {values['steps']}")
-        if values["size"] < 16:
-            raise ValueError(f"Size: 16 or more, got {values['size']}")
+        for name in ("width", "height"):
+            if values[name] < 16:
+                raise ValueError(f"{name.capitalize()}: 16 px or more, got {values[name]} px")
         if values["seed"] < 0:
             raise ValueError(f"Seed: 0 or more, got {values['seed']}")
         for name in ("cfg", "flux_guidance", "pag_scale", "adaptive"):
@@ -75,7 +77,7 @@ class Settings:
     def call_kwargs(self, model_type: str, extra: dict[str, Any]) -> dict[str, Any]:
         """The pipeline's keyword arguments (everything but prompt, seed and heads), as the CLI writes them;
         ``extra`` are the model's own (a built-in model's short text encoders)."""
-        kwargs: dict[str, Any] = dict(num_inference_steps=self.steps, height=self.size, width=self.size,
+        kwargs: dict[str, Any] = dict(num_inference_steps=self.steps, height=self.height, width=self.width,
                                       pag_scale=self.pag_scale, pag_softness=self.softness, pag_target=self.target,
                                       pag_scope=self.scope, pag_interval=(self.start, self.end),
                                       negative_prompt=self.negative or None)
@@ -98,7 +100,8 @@ class Settings:
         cfg = meta.get("true_cfg_scale") if model_type == "flux" else meta.get("guidance_scale")
         interval = meta.get("pag_interval") or (0.0, 1.0)
         found = dict(prompt=meta.get("prompt"), negative=meta.get("negative_prompt") or "", seed=meta.get("seed"),
-                     steps=meta.get("num_inference_steps"), size=meta.get("width"), cfg=cfg,
+                     steps=meta.get("num_inference_steps"), width=meta.get("width"),
+                     height=meta.get("height", meta.get("width")), cfg=cfg,
                      flux_guidance=meta.get("guidance_scale") if model_type == "flux" else None,
                      pag_scale=meta.get("pag_scale"), adaptive=meta.get("pag_adaptive_scale", 0.0),
                      softness=meta.get("pag_softness"), target=meta.get("pag_target"), scope=meta.get("pag_scope"),
@@ -107,6 +110,15 @@ class Settings:
         if found["prompt"] is None or found["seed"] is None:
             raise ValueError("this PNG's settings have no prompt or seed")
         return replace(cls(), **{k: v for k, v in found.items() if v is not None}).checked()
+
+    def with_shared(self, shared: dict[str, Any], model_type: str) -> "Settings":
+        """These settings with the fields another tool's PNG carries (prompt, negative prompt, seed, steps, size,
+        CFG; :data:`~headhunter.parameters.SHARED_FIELDS`) taken from it; the head-guidance fields stay."""
+        names = dict(prompt="prompt", negative_prompt="negative", seed="seed", num_inference_steps="steps",
+                     width="width", height="height", cfg_scale="cfg")
+        if model_type == "flux":
+            names["distilled_cfg_scale"] = "flux_guidance"
+        return replace(self, **{field: shared[key] for key, field in names.items() if key in shared}).checked()
 
     def values(self) -> tuple:
         return astuple(self)

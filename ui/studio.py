@@ -28,7 +28,7 @@ from PIL import Image
 from headhunter.arguments import classifier_free_guidance_on
 from headhunter.heads import HeadSet, list_presets, load_preset, preset_family, preset_from_json, save_preset
 from headhunter.guidance import default_cfg_scale, passes_per_step
-from headhunter.metadata import read_settings, save_png, settings_of, with_settings
+from headhunter.metadata import read_png_settings, read_settings, save_png, settings_of, with_settings
 from headhunter.pipelines import HeadHunterModularPipeline
 from headhunter.pipelines.loading import builtin_defaults
 from headhunter.scorers import available_scorers
@@ -38,7 +38,7 @@ from headhunter.testing import TOY_MODELS
 from . import workspace as ws
 from .picker import picker_html, toggle_head, toggle_layer
 from .settings import FIELDS, Settings
-from .xy import AXES, MAX_CELLS, compose_grid, parse_axis_values
+from .xy import MAX_CELLS, axis_label, column_settings, compose_grid, parse_axis_values
 
 __all__ = ["Studio", "Stopped"]
 
@@ -78,11 +78,35 @@ class Studio:
             self.search_defaults = ("shapes", "\n".join(TOY_SEARCH_PROMPTS))
         cfg = default_cfg_scale(self.layout.model_type)  # off, except where a model is used with it (Wan)
         if self.builtin is not None:
-            self.defaults = Settings(steps=self.builtin.steps, size=self.builtin.size, prompt=self.builtin.prompt,
+            size = self.builtin.size
+            self.defaults = Settings(steps=self.builtin.steps, width=size, height=size, prompt=self.builtin.prompt,
                                      cfg=cfg)
         else:
-            self.defaults = Settings(steps=15 if self.flux else 28, size=512 if self.flux else 1024,
+            size = 512 if self.flux else 1024
+            self.defaults = Settings(steps=15 if self.flux else 28, width=size, height=size,
                                      prompt="a lighthouse at dusk", cfg=cfg)
+        self.size_multiple, self.size_max = size_rule(pipe)
+        # a preset searched for overall quality, when the model ships one: the first Generate already shows guidance
+        quality = [name for name in list_presets(self.family) if name.endswith(("-fidelity", "-quality"))]
+        if quality:
+            self.defaults = replace(self.defaults, heads=str(load_preset(quality[0])["heads"]))
+        self.default_preset = quality[0] if quality else None
+
+    def size_help(self) -> str:
+        """The sizes this model takes, in pixels (shown under Width and Height)."""
+        top = f"16–{self.size_max} px" if self.size_max else "16 px or more"
+        return f"{top}, a multiple of {self.size_multiple}"
+
+    def check_size(self, settings: Settings) -> None:
+        """gr.Error, in pixels, for a width or height this model cannot make."""
+        for name in ("width", "height"):
+            value = getattr(settings, name)
+            if self.size_max and value > self.size_max:
+                raise gr.Error(f"{name.capitalize()}: {value} px is more than this model takes ({self.size_help()})")
+            if value % self.size_multiple:
+                low = value // self.size_multiple * self.size_multiple
+                raise gr.Error(f"{name.capitalize()}: {value} px is not a multiple of {self.size_multiple} px "
+                               f"(try {max(low, 16)} or {low + self.size_multiple})")
 
     # --- heads and presets -----------------------------------------------------------------------------------------
     # The page takes head specs and preset *names* only: shipped presets of this model's family, "saved:<name>" and
@@ -114,12 +138,15 @@ class Studio:
         """The head grid for the Heads field; a mistake in the field is shown above the grid."""
         try:
             heads = self.resolve_heads(text).validate(self.layout)
-            u = float(softness)
-            if not 0.0 <= u <= 1.0:
-                raise ValueError(f"softness {u:g} is outside [0, 1]")
-            return picker_html(self.layout, heads, u)
-        except (TypeError, ValueError) as err:
+        except ValueError as err:
             return picker_html(self.layout, HeadSet(), 1.0, error=f"Heads: {err}")
+        try:
+            u = float(softness)
+        except (TypeError, ValueError):
+            u = float("nan")
+        if not 0.0 <= u <= 1.0:  # the heads are drawn with full shade until the softness reads
+            return picker_html(self.layout, heads, 1.0, error="Softness: a number from 0 to 1")
+        return picker_html(self.layout, heads, u)
 
     def pick(self, text: str, layer: int, head: int | None) -> str:
         """The Heads field after a click on a cell (``head``) or a row label (``head=None``)."""
@@ -272,6 +299,7 @@ class Studio:
             raise gr.Error(str(err)) from None
         if not settings.prompt.strip():
             raise gr.Error("Prompt: write a prompt first")
+        self.check_size(settings)
         return settings
 
     def generate(self, settings: Settings, batch: int = 1, history: list | None = None, request: Any = None,
@@ -288,16 +316,17 @@ class Studio:
         seeds = [settings.seed + i for i in range(batch)]
         rows = [(seed, plan) for seed in seeds for plan in (None, heads)]
         stop = self._switch(request, "images")
-        total = len(rows) * settings.steps
         made: list[Image.Image] = []
         started = time.perf_counter()
         try:
             for first in range(0, len(rows), IMAGES_PER_CALL):
                 chunk = rows[first : first + IMAGES_PER_CALL]
+                pairs = f"pair {first // 2 + 1}" if len(chunk) == 2 else \
+                    f"pairs {first // 2 + 1}–{(first + len(chunk)) // 2}"
 
-                def on_step(step: int, first: int = first, size: int = len(chunk)) -> None:
-                    if progress is not None:
-                        progress((first * settings.steps + step * size, total), desc="denoising", unit="steps")
+                def on_step(step: int, desc: str = f"{pairs} of {batch}" if batch > 1 else "") -> None:
+                    if progress is not None:  # the steps of one image (a pair's two images denoise together)
+                        progress((step, settings.steps), desc=desc or None, unit="steps")
 
                 made += self._run([settings.prompt] * len(chunk), [s for s, _ in chunk], [p for _, p in chunk], kwargs,
                                   stop, on_step)
@@ -312,32 +341,54 @@ class Studio:
             pair_settings = replace(settings, seed=seed, heads=str(heads))
             files = self.save_pair(pair_settings, heads, kwargs, made[2 * i], made[2 * i + 1])
             entries.append({"settings": list(pair_settings.values()), "files": files})
-        unguided, guided = made[0], made[1]  # (save_pair put their settings on them: the page's PNGs carry them)
+        history = (list(reversed(entries)) + list(history or []))[:HISTORY_LIMIT]
+        # (save_pair put their settings on the images: the page's PNGs carry them)
+        pairs = [(side_by_side(made[2 * i], made[2 * i + 1]), f"seed {seed}") for i, seed in enumerate(seeds)]
+        return (*self._describe(replace(settings, heads=str(heads)), (made[0], made[1]), entries[0]["files"]),
+                history, history_strip(history), gr.update(value=pairs, visible=batch > 1))
+
+    def _describe(self, settings: Settings, pair: tuple[Image.Image, Image.Image], files: list[str]) -> tuple:
+        """Every output that describes one run: the compare pair, the difference and its note, the Python and CLI
+        lines, the downloads."""
+        heads = HeadSet.parse(settings.heads)
+        kwargs = self._kwargs(settings)
+        unguided, guided = pair
         diff_image, note = difference(unguided, guided)
+        if not heads:
+            note = "**no heads: guided = unguided** — pick heads in the grid or use a preset. " + note
         with_settings(diff_image, {**settings_of(guided), "image": "absolute difference, unguided vs guided"})
         python, cli = self.snippets(settings.prompt, settings.seed, heads, kwargs)
-        history = (list(reversed(entries)) + list(history or []))[:HISTORY_LIMIT]
-        return (unguided, guided), diff_image, note, python, cli, entries[0]["files"], history, history_strip(history)
+        return pair, diff_image, note, python, cli, files
 
     def restore(self, history: list, index: int) -> tuple:
-        """A history entry's settings (every left-panel field and the heads) and its images."""
+        """A history entry: every left-panel field, and every output that describes it (:meth:`_describe`)."""
         if not history or not 0 <= index < len(history):
             raise gr.Error("History: nothing to restore")
         entry = history[index]
-        unguided, guided = (_open_with_settings(path) for path in entry["files"])
-        return (*entry["settings"], (unguided, guided), entry["files"])
+        settings = Settings(*entry["settings"])
+        pair = tuple(_open_with_settings(path) for path in entry["files"])
+        return (*entry["settings"], *self._describe(settings, pair, entry["files"]))
 
-    def settings_from_png(self, upload: str | None) -> tuple:
-        """Every left-panel field from a headhunter PNG (the studio's downloads, ``headhunter generate``)."""
+    def settings_from_png(self, upload: str | None, current: Settings | None = None, request: Any = None,
+                          progress: Any = None) -> tuple:
+        """The left panel from a dropped PNG: every field from a headhunter PNG (the studio's, ``headhunter
+        generate``); from an A1111, Forge or ComfyUI PNG the fields they share (prompt, negative prompt, seed,
+        steps, size, CFG), the head guidance staying as it is."""
         if not upload:
-            raise gr.Error("Drop a PNG made by headhunter")
+            raise gr.Error("Drop a PNG made by headhunter, A1111 or ComfyUI")
         try:
-            meta = read_settings(upload)
-            settings = Settings.from_metadata(meta, self.layout.model_type)
-        except (OSError, ValueError, json.JSONDecodeError) as err:
+            meta, source = read_png_settings(upload)
+            if source == "headhunter":
+                settings = Settings.from_metadata(meta, self.layout.model_type)
+            else:
+                settings = (current or self.defaults).with_shared(meta, self.layout.model_type)
+        except (OSError, ValueError, TypeError, json.JSONDecodeError, SyntaxError) as err:
             raise gr.Error(f"PNG: {err}".replace(str(upload), "this PNG")) from None
         self.parse_heads(settings.heads)
-        if meta.get("model") not in (None, self.model_name):
+        if source != "headhunter":
+            gr.Info(f"loaded what this {source} PNG shares: prompt, negative prompt, seed, steps, size, CFG "
+                    "(the heads stay)")
+        elif meta.get("model") not in (None, self.model_name):
             gr.Warning(f"this PNG was made with {meta['model']}; its settings are loaded for {self.model_name}")
         return settings.values()
 
@@ -384,7 +435,8 @@ class Studio:
                   f"    pag_heads={str(heads)!r},\n    {args},\n).images[0]\n")
         cfg = kwargs.get("true_cfg_scale", kwargs.get("guidance_scale"))
         parts = ["headhunter", "generate", "--model", self.model_name, "--prompt", prompt, "--seed", str(seed),
-                 "--steps", str(kwargs["num_inference_steps"]), "--size", str(kwargs["width"]), "--cfg", str(cfg),
+                 "--steps", str(kwargs["num_inference_steps"]), "--size", _size_text(kwargs["width"], kwargs["height"]),
+                 "--cfg", str(cfg),
                  "--heads", str(heads), "--pag-scale", str(kwargs["pag_scale"]), "--softness", str(kwargs["pag_softness"]),
                  "--target", kwargs["pag_target"], "--scope", kwargs["pag_scope"],
                  "--interval", ",".join(str(x) for x in kwargs["pag_interval"])]
@@ -410,31 +462,36 @@ class Studio:
             raise gr.Error(f"Layer: {layer} is out of range; this model has {self.layout.describe()}")
         kwargs = self._kwargs(settings)
         base = self._record(settings, kwargs)
-        heads = list(range(self.layout.num_heads))
-        total = len(heads) * settings.steps
+        heads: list[int | None] = [None, *range(self.layout.num_heads)]  # the unguided reference tile first
         gallery: list = []
         stop = self._switch(request, "images")
         try:
             for first in range(0, len(heads), IMAGES_PER_CALL):
                 chunk = heads[first : first + IMAGES_PER_CALL]
+                desc = f"layer {layer}: images {first + 1}–{first + len(chunk)} of {len(heads)}"
 
-                def on_step(step: int, first: int = first, size: int = len(chunk)) -> None:
+                def on_step(step: int, desc: str = desc) -> None:
                     if progress is not None:
-                        progress((first * settings.steps + step * size, total), desc=f"layer {layer}", unit="steps")
+                        progress((step, settings.steps), desc=desc, unit="steps")
 
                 images = self._run([settings.prompt] * len(chunk), [settings.seed] * len(chunk),
-                                   [[(layer, h)] for h in chunk], kwargs, stop, on_step)
-                gallery += [(with_settings(image, {**base, "pag_heads": f"L{layer}H{h}"}), f"L{layer}H{h}")
-                            for image, h in zip(images, chunk)]
+                                   [None if h is None else [(layer, h)] for h in chunk], kwargs, stop, on_step)
+                for image, h in zip(images, chunk):
+                    name = "unguided" if h is None else f"L{layer}H{h}"
+                    gallery.append((with_settings(image, {**base, "pag_heads": None if h is None else name}), name))
         except Stopped as err:
-            gr.Warning(f"Atlas {err}; showing the {len(gallery)} heads done")
+            gr.Warning(f"Atlas {err}; showing the {max(len(gallery) - 1, 0)} heads done")
         finally:
             self._release(request, "images", stop)
         return gallery
 
     def atlas_pick(self, text: str, caption: str | None) -> str:
-        head = HeadSet.parse(caption) if caption else HeadSet()
-        return str(self.parse_heads(text) | head)
+        """The Heads field after a click on an atlas tile: its head added, or removed when it is there already."""
+        heads = self.parse_heads(text)
+        if not caption or caption == "unguided":
+            return str(heads)
+        head = next(iter(HeadSet.parse(caption)))
+        return str(toggle_head(self.layout, heads, head.layer, head.head))
 
     def xy(self, settings: Settings, rows_text: str, axis: str, values_text: str, request: Any = None,
            progress: Any = None) -> tuple:
@@ -451,17 +508,19 @@ class Studio:
             values = parse_axis_values(axis, values_text)
         except ValueError as err:
             raise gr.Error(str(err)) from None
-        field = AXES[axis]
+        try:
+            columns_settings = [self._checked(column_settings(settings, axis, values, c)) for c in range(len(values))]
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
         stop = self._switch(request, "images")
         columns: list[list[Image.Image]] = []
         try:
-            for c, value in enumerate(values):
-                column = replace(settings, **{field: value})
+            for c, column in enumerate(columns_settings):
                 kwargs = self._kwargs(column)
                 images: list[Image.Image] = []
                 for first in range(0, len(rows), IMAGES_PER_CALL):
                     chunk = rows[first : first + IMAGES_PER_CALL]
-                    images += self._run([settings.prompt] * len(chunk), [column.seed] * len(chunk), chunk, kwargs, stop)
+                    images += self._run([column.prompt] * len(chunk), [column.seed] * len(chunk), chunk, kwargs, stop)
                     if progress is not None:
                         progress((c * len(rows) + first + len(chunk), len(values) * len(rows)), desc="XY", unit="images")
                 columns.append(images)
@@ -470,11 +529,11 @@ class Studio:
         finally:
             self._release(request, "images", stop)
         row_labels = [str(heads) or "no heads (unguided)" for heads in rows]
-        column_labels = [f"{axis} {value:g}" if axis != "Seed" else f"seed {value}" for value in values]
+        column_labels = [axis_label(axis, value) for value in values]
         grid = compose_grid([[columns[c][r] for c in range(len(values))] for r in range(len(rows))], row_labels,
                             column_labels)
         meta = {**self._record(settings, self._kwargs(settings)),
-                "xy": {"rows": row_labels, "axis": field, "values": values}}
+                "xy": {"rows": row_labels, "axis": axis, "values": values}}
         path = save_png(grid, Path(tempfile.mkdtemp(prefix="headhunter-xy-")) / "xy-grid.png", meta)
         with_settings(grid, meta)  # the grid the page shows carries them as its download does
         note = f"{len(rows)} head sets × {len(values)} values of {axis}: {len(rows) * len(values)} images"
@@ -507,7 +566,7 @@ class Studio:
         return f"{images} images, about {duration} at the last measured {self._seconds_per_image:.2f} s per image"
 
     def atlas_cost(self, layer: float) -> str:
-        return f"Cost: {self._estimate(self.layout.num_heads)}"
+        return f"Cost: {self._estimate(self.layout.num_heads + 1)}"  # and the unguided reference
 
     def search_cost(self, contents: str, seeds: str, top_k: float, rounds: float) -> str:
         """The images a greedy search over every head would generate with these inputs."""
@@ -560,7 +619,7 @@ class Studio:
 
     def _describe_search(self, settings: Settings, extra: dict) -> str:
         cfg_name = "true CFG" if self.flux else "CFG"
-        text = (f"steps {int(settings.steps)}, size {int(settings.size)}, {cfg_name} {float(settings.cfg):g}"
+        text = (f"steps {int(settings.steps)}, size {settings.width}×{settings.height}, {cfg_name} {float(settings.cfg):g}"
                 f"{' with the negative prompt' if 'negative_prompt' in extra else ''}")
         if self.flux:
             text += f", FLUX guidance {float(settings.flux_guidance):g}"
@@ -598,14 +657,30 @@ class Studio:
         extra, guidance = self._search_call(settings)
         used = self._describe_search(settings, extra)
         arguments = dict(objective=objective.strip(), prompts=prompts, seeds=seed_list, top_k=int(top_k),
-                         rounds=int(rounds), num_inference_steps=settings.steps, height=settings.size,
-                         width=settings.size, pag_scale=settings.pag_scale, pag_softness=settings.softness,
+                         rounds=int(rounds), num_inference_steps=settings.steps, height=settings.height,
+                         width=settings.width, pag_scale=settings.pag_scale, pag_softness=settings.softness,
                          pag_target=settings.target, pag_scope=settings.scope, guidance_scale=guidance,
                          model_name=self.model_name, extra_call_kwargs=extra or None)
         yield from self._drive(name, arguments, f"with {used}", request)
 
+    def run_form(self, run_name: str) -> tuple:
+        """The Search form as a listed run was started: objective, style (in its prompts), content prompts, seeds,
+        k and rounds."""
+        if not (run_name or "").strip():
+            raise gr.Error("Resume: choose a run in the list first")
+        try:
+            config = ws.read_config(self.workspace.run_dir(run_name))
+        except ValueError as err:
+            raise gr.Error(f"Resume {run_name!r}: {err}") from None
+        prompts = list(dict.fromkeys(prompt for prompt, _ in config.pairs))
+        seeds = list(dict.fromkeys(seed for _, seed in config.pairs))
+        return (config.objective, "", "\n".join(prompts), ",".join(str(s) for s in seeds), config.top_k,
+                config.rounds)
+
     def resume(self, run_name: str, request: Any = None) -> Iterator[tuple]:
         """Resume a workspace run with the settings it was started with (whatever the page shows now)."""
+        if not (run_name or "").strip():
+            raise gr.Error("Resume: choose a run in the list first")
         try:
             run_dir = self.workspace.run_dir(run_name)
             config = ws.read_config(run_dir)
@@ -662,6 +737,11 @@ class Studio:
             with self._guard:
                 self._running_runs.discard(name)
         error = state.get("error")
+        if isinstance(error, SearchCancelled) and not (run_dir / "config.json").is_file():
+            # stopped within its first batch: the search kept nothing (no run folder to list or resume)
+            yield (f"**{name}** stopped before its first batch was scored: nothing was kept; press Search to start "
+                   "it again", gr.skip(), gr.skip(), gr.skip(), gr.skip(), self.runs_table())
+            return
         if isinstance(error, SearchCancelled):
             yield (f"**{name}** stopped — resumable: {ws.scored(run_dir)} of {total} images scored; choose it in the "
                    "run list and press Resume", *self._live(run_dir, config), gr.skip(), gr.skip(), self.runs_table())
@@ -705,6 +785,22 @@ class Studio:
         return (*self._live(run_dir, config), str(heads))
 
 
+def size_rule(pipe: Any) -> tuple[int, int | None]:
+    """(the multiple, the largest size) in pixels the pipeline's transformer takes: a latent patch's pixels, and
+    for SD3 its position table's reach (``pos_embed_max_size`` patches); no largest size otherwise."""
+    config = getattr(getattr(pipe, "transformer", None), "config", {}) or {}
+    scale = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    patch = config.get("patch_size") or 2
+    patch = int(patch[-1] if isinstance(patch, (tuple, list)) else patch)  # Wan: (frames, height, width)
+    table = config.get("pos_embed_max_size")
+    return scale * patch, (int(table) * patch * scale if table else None)
+
+
+def _size_text(width: int, height: int) -> str:
+    """The command line's ``--size``: N for a square, else WxH."""
+    return str(width) if width == height else f"{width}x{height}"
+
+
 def _cost_key(kwargs: dict) -> tuple:
     """What a step's cost depends on, among a call's arguments."""
     return tuple(str(kwargs.get(k)) for k in ("num_inference_steps", "height", "width", "guidance_scale",
@@ -728,13 +824,23 @@ def difference(unguided: Image.Image, guided: Image.Image) -> tuple[Image.Image,
     return image, f"|guided − unguided|, amplified ×{gain:.1f}; mean change {diff.mean():.2f} of 255"
 
 
+def side_by_side(unguided: Image.Image, guided: Image.Image) -> Image.Image:
+    """A pair as one image, unguided left and guided right (a batch's tile); it carries the guided image's
+    settings."""
+    pair = Image.new("RGB", (unguided.width + guided.width + 4, max(unguided.height, guided.height)), "white")
+    pair.paste(unguided.convert("RGB"), (0, 0))
+    pair.paste(guided.convert("RGB"), (unguided.width + 4, 0))
+    return with_settings(pair, {**settings_of(guided), "image": "unguided | guided"})
+
+
 def history_strip(history: list) -> list[tuple[str, str]]:
     """The history gallery: each generation's guided image with its seed and heads."""
     strip = []
     for entry in history:
         values = dict(zip(("prompt", "negative", "seed"), entry["settings"]))
         heads = entry["settings"][FIELDS.index("heads")] or "no heads"
-        strip.append((entry["files"][1], f"seed {values['seed']} · {heads}"))
+        short = heads if len(heads) <= 14 else f"{len(HeadSet.parse(heads))} heads"  # a caption is one short line
+        strip.append((entry["files"][1], f"seed {values['seed']} · {short}"))
     return strip
 
 

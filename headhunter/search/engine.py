@@ -89,8 +89,9 @@ class HeadHunter:
         model_name: recorded in the config (default: the pipeline's ``name_or_path``).
         scorer_options: passed to ``load_scorer`` for a spec objective.
         progress: show a tqdm progress bar.
-        should_stop: called before every batch; when it returns True the search stops with :class:`SearchCancelled`
-            (everything scored so far is kept, so the same call resumes).
+        should_stop: called before every batch and between the denoising steps of the batch in flight; when it returns
+            True the search stops with :class:`SearchCancelled`; everything scored so far is kept, so the same call
+            resumes (the unfinished batch is not logged and runs again).
     """
 
     def __init__(
@@ -210,6 +211,15 @@ class HeadHunter:
         generators = [torch.Generator(device=device).manual_seed(cfg.pairs[j][1]) for _, _, j in items]
         plans = [HeadSet([Head(l, h) for l, h in [*selected, cand]]) for _, cand, _ in items]
         before = self._blocks
+        stopping = {}
+        if self.should_stop is not None:  # Stop ends the batch in flight too: it is not logged, so it reruns on resume
+            def stop_between_steps(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+                if self.should_stop():
+                    raise SearchCancelled(f"search stopped at step {step + 1}; run it again with the same settings "
+                                          f"to resume ({self.store.dir})")
+                return {}
+
+            stopping["callback_on_step_end"] = stop_between_steps
         with self._count_blocks():
             images = self.pipe(
                 prompts,
@@ -224,6 +234,7 @@ class HeadHunter:
                 width=cfg.width,
                 guidance_scale=cfg.guidance_scale,
                 output_type="pt",
+                **stopping,
                 **self.extra_call_kwargs,
             ).images
         self._last_batch_blocks = self._blocks - before
