@@ -218,15 +218,24 @@ def test_saved_images_carry_their_settings(pipe, tmp_path):
 def test_should_stop_cancels_and_the_run_resumes(pipe, tmp_path):
     from headhunter.search import SearchCancelled
 
-    calls = []
+    steps = []  # the transformer calls of the batch in flight (one per denoising step)
 
-    def stop_after_two_batches():
-        calls.append(1)
-        return len(calls) > 2
+    def stop_in_the_third_batch():
+        # asked before each batch and between steps: true once the third batch has denoised a step
+        return len(logged(tmp_path)) == 2 * 5 and len(steps) >= 1
 
-    with pytest.raises(SearchCancelled, match="resume"):
-        run_search(pipe, tmp_path, rounds=1, should_stop=stop_after_two_batches)
-    assert len(logged(tmp_path)) == 2 * 5  # two batches of five were kept
+    def count_steps(module, args):
+        if len(logged(tmp_path)) == 2 * 5:
+            steps.append(1)
+
+    handle = pipe.transformer.register_forward_pre_hook(count_steps)
+    try:
+        with pytest.raises(SearchCancelled, match="stopped at step 1; run it again with the same settings to resume"):
+            run_search(pipe, tmp_path, rounds=1, should_stop=stop_in_the_third_batch)
+    finally:
+        handle.remove()
+    assert len(steps) == 1 and GEN["num_inference_steps"] > 1  # it did not finish the batch's steps
+    assert len(logged(tmp_path)) == 2 * 5  # two batches of five were kept, the third not logged
     assert run_search(pipe, tmp_path, rounds=1).images_generated == 48
 
 

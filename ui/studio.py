@@ -306,7 +306,8 @@ class Studio:
                  progress: Any = None) -> tuple:
         """Unguided and guided images of a prompt for ``batch`` seeds from ``settings.seed`` (a head plan per image,
         up to 8 images a call). Returns the compare pair, difference, its note, the Python and CLI lines, the
-        downloads, and this session's history (state and strip) with the new pairs first."""
+        downloads (all of the first seed), this session's history (state and strip) with the new pairs first, and
+        the batch gallery (each seed's pair side by side; shown for a batch)."""
         settings = self._checked(settings)
         heads = self.parse_heads(settings.heads)
         batch = int(batch or 1)
@@ -321,10 +322,10 @@ class Studio:
         try:
             for first in range(0, len(rows), IMAGES_PER_CALL):
                 chunk = rows[first : first + IMAGES_PER_CALL]
-                pairs = f"pair {first // 2 + 1}" if len(chunk) == 2 else \
+                which = f"pair {first // 2 + 1}" if len(chunk) == 2 else \
                     f"pairs {first // 2 + 1}–{(first + len(chunk)) // 2}"
 
-                def on_step(step: int, desc: str = f"{pairs} of {batch}" if batch > 1 else "") -> None:
+                def on_step(step: int, desc: str = f"{which} of {batch}" if batch > 1 else "") -> None:
                     if progress is not None:  # the steps of one image (a pair's two images denoise together)
                         progress((step, settings.steps), desc=desc or None, unit="steps")
 
@@ -382,7 +383,7 @@ class Studio:
                 settings = Settings.from_metadata(meta, self.layout.model_type)
             else:
                 settings = (current or self.defaults).with_shared(meta, self.layout.model_type)
-        except (OSError, ValueError, TypeError, json.JSONDecodeError, SyntaxError) as err:
+        except (OSError, ValueError, TypeError) as err:  # JSON errors are ValueErrors
             raise gr.Error(f"PNG: {err}".replace(str(upload), "this PNG")) from None
         self.parse_heads(settings.heads)
         if source != "headhunter":
