@@ -100,7 +100,7 @@ def studio_target(workspace: Path) -> Target:
     from headhunter.ui import Settings, Studio
 
     studio = Studio(tiny_pipeline("tiny-sd3"), "tiny-sd3", workspace)
-    settings = Settings(prompt="a red fox", seed=0, steps=STEPS, size=32, cfg=1.0, pag_scale=2.0, heads="L1H0,L2")
+    settings = Settings(prompt="a red fox", seed=0, steps=STEPS, width=32, height=32, cfg=1.0, pag_scale=2.0, heads="L1H0,L2")
 
     def call() -> torch.Tensor:
         pair = studio.generate(settings)[0]
