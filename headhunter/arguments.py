@@ -17,7 +17,7 @@ from .guidance import adaptive_scale, check_interval, check_mode, check_reuse, i
 from .heads import Head, HeadLayout, HeadSet
 
 __all__ = ["MAX_IMAGE_SIDE", "PAGArguments", "check_image_size", "classifier_free_guidance_on", "heads_per_image",
-           "layers_from_applied"]
+           "image_size_rule", "layers_from_applied"]
 
 
 def _is_per_image_list(value: Any) -> bool:
@@ -167,10 +167,9 @@ def classifier_free_guidance_on(call: Mapping[str, Any], family: str) -> bool:
 MAX_IMAGE_SIDE = 8192
 
 
-def check_image_size(pipe: Any, height: int | None, width: int | None) -> None:
-    """ValueError unless ``height`` × ``width`` is a size ``pipe`` can generate: positive, at most
-    :data:`MAX_IMAGE_SIDE`, a multiple of the latent patch (VAE factor × patch size) and, for SD3, within the
-    transformer's position-embedding grid. ``None`` means the pipeline's default."""
+def image_size_rule(pipe: Any) -> tuple[int, int]:
+    """(the multiple, the largest side) in pixels ``pipe`` can generate: a latent patch's pixels (VAE factor × patch
+    size), and :data:`MAX_IMAGE_SIDE` or, for SD3, the transformer's position-embedding grid if smaller."""
     config = pipe.transformer.config
     family = HeadLayout.from_transformer(pipe.transformer).model_type
     # FLUX.1's, Chroma's and FLUX.2's pipelines pack 2×2 latent patches themselves; Z-Image lists its patch sizes;
@@ -185,6 +184,14 @@ def check_image_size(pipe: Any, height: int | None, width: int | None) -> None:
     largest = MAX_IMAGE_SIDE
     if getattr(config, "pos_embed_max_size", None):
         largest = min(largest, int(config.pos_embed_max_size) * multiple)
+    return multiple, largest
+
+
+def check_image_size(pipe: Any, height: int | None, width: int | None) -> None:
+    """ValueError unless ``height`` × ``width`` is a size ``pipe`` can generate: positive, at most
+    :data:`MAX_IMAGE_SIDE`, a multiple of the latent patch (VAE factor × patch size) and, for SD3, within the
+    transformer's position-embedding grid (:func:`image_size_rule`). ``None`` means the pipeline's default."""
+    multiple, largest = image_size_rule(pipe)
     for name, value in (("height", height), ("width", width)):
         if value is None:
             continue

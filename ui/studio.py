@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from headhunter.arguments import classifier_free_guidance_on
+from headhunter.arguments import classifier_free_guidance_on, image_size_rule
 from headhunter.heads import HeadSet, list_presets, load_preset, preset_family, preset_from_json, save_preset
 from headhunter.guidance import default_cfg_scale, passes_per_step
 from headhunter.metadata import read_png_settings, read_settings, save_png, settings_of, with_settings
@@ -85,7 +85,7 @@ class Studio:
             size = 512 if self.flux else 1024
             self.defaults = Settings(steps=15 if self.flux else 28, width=size, height=size,
                                      prompt="a lighthouse at dusk", cfg=cfg)
-        self.size_multiple, self.size_max = size_rule(pipe)
+        self.size_multiple, self.size_max = image_size_rule(pipe)
         # a preset searched for overall quality, when the model ships one: the first Generate already shows guidance
         quality = [name for name in list_presets(self.family) if name.endswith(("-fidelity", "-quality"))]
         if quality:
@@ -94,14 +94,13 @@ class Studio:
 
     def size_help(self) -> str:
         """The sizes this model takes, in pixels (shown under Width and Height)."""
-        top = f"16–{self.size_max} px" if self.size_max else "16 px or more"
-        return f"{top}, a multiple of {self.size_multiple}"
+        return f"16–{self.size_max} px, a multiple of {self.size_multiple}"
 
     def check_size(self, settings: Settings) -> None:
         """gr.Error, in pixels, for a width or height this model cannot make."""
         for name in ("width", "height"):
             value = getattr(settings, name)
-            if self.size_max and value > self.size_max:
+            if value > self.size_max:
                 raise gr.Error(f"{name.capitalize()}: {value} px is more than this model takes ({self.size_help()})")
             if value % self.size_multiple:
                 low = value // self.size_multiple * self.size_multiple
@@ -784,17 +783,6 @@ class Studio:
             raise gr.Error(str(err)) from None
         heads = ws.selected_so_far(run_dir, config)
         return (*self._live(run_dir, config), str(heads))
-
-
-def size_rule(pipe: Any) -> tuple[int, int | None]:
-    """(the multiple, the largest size) in pixels the pipeline's transformer takes: a latent patch's pixels, and
-    for SD3 its position table's reach (``pos_embed_max_size`` patches); no largest size otherwise."""
-    config = getattr(getattr(pipe, "transformer", None), "config", {}) or {}
-    scale = int(getattr(pipe, "vae_scale_factor", 8) or 8)
-    patch = config.get("patch_size") or 2
-    patch = int(patch[-1] if isinstance(patch, (tuple, list)) else patch)  # Wan: (frames, height, width)
-    table = config.get("pos_embed_max_size")
-    return scale * patch, (int(table) * patch * scale if table else None)
 
 
 def _size_text(width: int, height: int) -> str:
