@@ -57,9 +57,16 @@ def layers_from_applied(applied: Sequence[int | str] | int | str | None, layout:
     return HeadSet(heads).validate(layout)
 
 
-def heads_per_image(pag_heads: Any, num_prompts: int, num_images_per_prompt: int) -> list[HeadSet]:
+def heads_per_image(pag_heads: Any, num_prompts: int, num_images_per_prompt: int,
+                    layout: HeadLayout | None = None) -> list[HeadSet]:
     """One HeadSet per generated image. A per-image list may name one entry per image or one per prompt (then each
-    prompt's images share it)."""
+    prompt's images share it). With ``layout``, an exported folder searched on another layout is refused."""
+    from .sharing import check_made_for, is_export, load_export
+
+    if layout is not None:
+        for item in pag_heads if _is_per_image_list(pag_heads) else [pag_heads]:
+            if is_export(item):
+                check_made_for(load_export(item).get("made_for"), layout, f"pag_heads={str(item)!r}")
     total = num_prompts * num_images_per_prompt
     if not _is_per_image_list(pag_heads):
         return [HeadSet.coerce(pag_heads)] * total
@@ -149,7 +156,7 @@ class PAGArguments:
         reuse = check_reuse(pag_reuse)
         mode = check_mode(pag_mode, reuse)
         applied = layers_from_applied(pag_applied_layers, layout)
-        per_image = heads_per_image(pag_heads, num_prompts, num_images_per_prompt)
+        per_image = heads_per_image(pag_heads, num_prompts, num_images_per_prompt, layout)
         softness = tuple((heads | applied).softness_map(layout, pag_softness) for heads in per_image)
         return cls(softness, float(pag_scale), pag_target, pag_scope, interval, float(pag_adaptive_scale), reuse, mode)
 

@@ -51,7 +51,8 @@ from .attention import around_next_call, check_target_scope, perturb
 from .attention.install import PerturbationSession
 from .attention.perturb import per_row_heads, perturbation
 from .guidance import adaptive_scale, check_mode, check_reuse, combine, guidance_delta, in_interval, runs_perturbed
-from .heads import HeadSet, load_preset, unwrap_compiled
+from .heads import HeadLayout, HeadSet, load_preset, unwrap_compiled
+from .sharing import check_made_for
 
 __all__ = ["HeadHunterGuidance"]
 
@@ -82,6 +83,9 @@ class HeadHunterGuidance(BaseGuidance):
             activations at the first perturbed layer (True), at layer n or the first perturbed layer, whichever comes
             first (an int: keeps a compiled transformer on one graph while the heads move), or not at all (False).
             Bit for bit the same prediction; the blocks before that layer are not run again.
+        made_for: the layout the heads were searched on, ``"sd3:24x24"`` (type:layers x heads; an export's
+            ``guider_config.json`` records it): a transformer with another layout is refused, since head numbers do
+            not carry over. None (the default) uses the heads on any transformer they fit.
 
     Saved and loaded with ``save_pretrained`` / ``from_pretrained`` (``guider_config.json``); a search's
     ``selected.json`` becomes one with :meth:`from_preset`.
@@ -105,6 +109,7 @@ class HeadHunterGuidance(BaseGuidance):
         share_prefix: bool | int = True,
         pag_reuse: int = 1,
         pag_mode: str = "cond",
+        made_for: str | None = None,
     ):
         super().__init__(start, stop, enabled)
         for name, value in (("pag_scale", pag_scale), ("guidance_scale", guidance_scale),
@@ -130,6 +135,8 @@ class HeadHunterGuidance(BaseGuidance):
             self.share_prefix = share_prefix
         else:
             raise ValueError(f"share_prefix must be True, False or a layer number >= 0, got {share_prefix!r}")
+        self.made_for = made_for
+        self._layout_checked: int | None = None  # id of the transformer made_for was checked against
         self._disarm: Callable[[], None] | None = None
         self._w_t: float | torch.Tensor | None = None  # w_t of the current step (see set_state)
         self._attached: tuple[torch.nn.Module, PerturbationSession] | None = None
@@ -178,6 +185,7 @@ class HeadHunterGuidance(BaseGuidance):
             if not self.perturbs or not self._enabled:
                 yield self
                 return
+            self._check_layout(denoiser)
             settings = dict(softness=self.pag_softness, target=self.pag_target, scope=self.pag_scope,
                             share_prefix=self.share_prefix)
             with perturbation(denoiser, self.heads, **settings) as session:
@@ -288,8 +296,16 @@ class HeadHunterGuidance(BaseGuidance):
             elif name == "pred_cond" and session.prefix_layer and passes[-1][1] == "pred_cond_perturbed":
                 self._disarm = around_next_call(denoiser, lambda: session.branch(perturbed=False, prefix="record"))
         elif name == "pred_cond_perturbed":
+            self._check_layout(denoiser)
             settings = dict(softness=self.pag_softness, target=self.pag_target, scope=self.pag_scope)
             self._disarm = around_next_call(denoiser, lambda: perturb(denoiser, self.heads, **settings))
+
+    def _check_layout(self, denoiser: torch.nn.Module) -> None:
+        """ValueError when ``made_for`` names another layout than ``denoiser``'s (checked once per transformer)."""
+        module = unwrap_compiled(denoiser)
+        if self.made_for and self._layout_checked != id(module):
+            check_made_for(self.made_for, HeadLayout.from_transformer(module), "this guider")
+            self._layout_checked = id(module)
 
     def cleanup_models(self, denoiser: torch.nn.Module) -> None:
         if self._disarm is not None:

@@ -252,6 +252,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                         with gr.Row():
                             found = gr.Textbox(label="Selected heads", scale=3)
                             use_found = gr.Button("Use these heads", scale=1)
+                            export_run = gr.Button("Export the chosen run", scale=1, elem_id="export-run")
+                        exported_run = gr.File(label="Exported run (a zip of the folder `headhunter export` writes: "
+                                               "HeadHunterGuidance.from_pretrained and pag_heads load it)",
+                                               elem_id="exported-run")
 
         settings = [prompt, negative, seed, steps, width, height, cfg, flux_guidance, pag_scale, adaptive, softness,
                     target, scope, start, end, heads, reuse, mode]
@@ -368,6 +372,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         runs.select(keeping_last_result(choose_run, 4), None, [run_name, heatmap, ranking, found], **instant)
         use_found.click(lambda text: text, [found], [heads], **instant)
+        export_run.click(keeping_last_result(studio.export_chosen, 1), [run_name], [exported_run], **instant)
         app.load(studio.runs_table, None, [runs], **instant)
     app.queue(default_concurrency_limit=1)
     return app

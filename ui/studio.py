@@ -13,6 +13,7 @@ import json
 import random
 import re
 import shlex
+import shutil
 import tempfile
 import threading
 import time
@@ -773,6 +774,21 @@ class Studio:
             running = set(self._running_runs)
         return [[r.name, r.status, r.objective, r.heads, f"{r.images} / {r.total}" if r.total else str(r.images)]
                 for r in self.workspace.runs(running)]
+
+    def export_chosen(self, run_name: str) -> str:
+        """A finished workspace run exported (``headhunter export``) and zipped, for download: unzipped, the folder
+        loads with ``HeadHunterGuidance.from_pretrained`` and as ``pag_heads``."""
+        from headhunter.sharing import export_run
+
+        if not (run_name or "").strip():
+            raise gr.Error("Export: choose a run in the list first")
+        try:
+            run_dir = self.workspace.run_dir(run_name)
+            folder = Path(tempfile.mkdtemp(prefix="headhunter-export-")) / run_dir.name
+            export_run(run_dir, folder)
+        except ValueError as err:
+            raise gr.Error(f"Export {run_name!r}: {err}") from None
+        return shutil.make_archive(str(folder), "zip", folder.parent, folder.name)
 
     def show_run(self, run_name: str) -> tuple:
         """A listed run's heat map, ranking and heads so far."""

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any, NoReturn, Sequence
 
-from . import bench, demo, evaluate, generate, score, search, ui
+from . import bench, demo, evaluate, export, generate, score, search, ui
 from .common import UsageError
 from .quiet import quiet_known_notices
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="headhunter", description="Head-level perturbation guidance (SoftPAG) and head search "
                      "(HeadHunter) for diffusers. Run a command with --help for its options.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for command in (generate, search, evaluate, ui, bench, score, demo):
+    for command in (generate, search, evaluate, export, ui, bench, score, demo):
         command.register(sub)
     return parser
 

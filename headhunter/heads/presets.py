@@ -44,10 +44,15 @@ def list_presets(family: str | None = None) -> dict[str, dict]:
 
 
 def load_preset(name_or_path: str | Path) -> dict:
-    """Load a preset by shipped name (``"sd3-shadow"``) or from a JSON file (e.g. a search's ``selected.json``).
+    """Load a preset by shipped name (``"sd3-shadow"``), from a JSON file (e.g. a search's ``selected.json``) or from
+    an exported folder (``headhunter export``; ``hf://user/repo`` for one on the Hub).
 
     Returns the preset's fields with ``"heads"`` as a :class:`HeadSet`.
     """
+    from ..sharing import is_export, load_export  # an export folder (or hf://user/repo) is a preset too
+
+    if is_export(name_or_path):
+        return load_export(name_or_path)
     path = Path(name_or_path)
     if path.suffix == ".json" or path.is_file():
         if not path.is_file():
