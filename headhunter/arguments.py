@@ -63,14 +63,17 @@ def heads_per_image(pag_heads: Any, num_prompts: int, num_images_per_prompt: int
     prompt's images share it). With ``layout``, an exported folder searched on another layout is refused."""
     from .sharing import check_made_for, is_export, load_export
 
-    if layout is not None:
-        for item in pag_heads if _is_per_image_list(pag_heads) else [pag_heads]:
-            if is_export(item):
-                check_made_for(load_export(item).get("made_for"), layout, f"pag_heads={str(item)!r}")
+    def resolve(item: Any) -> HeadSet:
+        if layout is not None and is_export(item):  # read once: its layout is checked and its heads used
+            export = load_export(item)
+            check_made_for(export.get("made_for"), layout, f"pag_heads={str(item)!r}")
+            return export["heads"]
+        return HeadSet.coerce(item)
+
     total = num_prompts * num_images_per_prompt
     if not _is_per_image_list(pag_heads):
-        return [HeadSet.coerce(pag_heads)] * total
-    sets = [HeadSet.coerce(item) for item in pag_heads]
+        return [resolve(pag_heads)] * total
+    sets = [resolve(item) for item in pag_heads]
     if len(sets) == total:
         return sets
     if len(sets) == num_prompts:

@@ -17,7 +17,7 @@ gr = pytest.importorskip("gradio", reason="the studio needs the ui extra (gradio
 
 from test_png_parameters import A1111_TEXT, COMFY_GRAPH, parse_infotext  # noqa: E402
 from test_ui import (ARTIFACTS, VIEWPORTS, cell, free_port, needs_chromium, page_at, render_xy, server,  # noqa: E402,F401
-                     toast, wait_heads)
+                     slowed, toast, wait_heads)
 
 from headhunter.heads import load_preset  # noqa: E402
 from headhunter.testing import toy_pipeline  # noqa: E402
@@ -252,17 +252,10 @@ def test_5_the_page_starts_with_a_quality_preset_or_says_there_are_no_heads(page
 @pytest.mark.parametrize("viewport", VIEWPORTS)
 def test_6_progress_counts_one_images_steps_and_stop_takes_a_queued_job_out(page_at, server, viewport):
     _, studio, _ = server
-    calls = []
-
-    def slow(module, args):
-        calls.append(time.time())
-        time.sleep(0.06)
-
     first, second = page_at(viewport), page_at(viewport)  # two browser sessions
     field(first, "Steps").fill("50")
     field(second, "Steps").fill("50")
-    handle = studio.pipe.transformer.register_forward_pre_hook(slow)
-    try:
+    with slowed(studio.pipe.transformer, 0.06) as calls:
         first.locator("#generate").click()
         first.wait_for_function("() => document.querySelector('#generate').disabled", timeout=10000)
         deadline = time.time() + 30
@@ -290,8 +283,6 @@ def test_6_progress_counts_one_images_steps_and_stop_takes_a_queued_job_out(page
         finished = len(calls)
         second.wait_for_timeout(2500)
         assert len(calls) == finished and second.locator("#history img").count() == 0  # the queued job never ran
-    finally:
-        handle.remove()
 
 
 @pytest.mark.parametrize("viewport", VIEWPORTS)
@@ -312,14 +303,7 @@ def test_7_search_stop_ends_the_batch_in_flight_and_resume_shows_the_runs_own_fo
     page.get_by_label("Content prompts").fill("a parrot\na boat")
     page.get_by_label("Seeds").fill("0")
     page.locator("#run-name textarea, #run-name input").first.fill(name)
-    calls = []
-
-    def slow(module, args):
-        calls.append(1)
-        time.sleep(0.05)
-
-    handle = studio.pipe.transformer.register_forward_pre_hook(slow)
-    try:
+    with slowed(studio.pipe.transformer, 0.05) as calls:
         page.get_by_role("button", name="Search", exact=True).click()
         wait_calls(calls, 4)
         page.locator("#stop-search").click()  # within the first batch: nothing scored, nothing kept
@@ -334,8 +318,6 @@ def test_7_search_stop_ends_the_batch_in_flight_and_resume_shows_the_runs_own_fo
         at_stop = len(calls)
         page.locator("#search-status", has_text="stopped — resumable: 8 of 24 images scored").wait_for(timeout=30000)
         assert len(calls) - at_stop <= 3
-    finally:
-        handle.remove()
     # the form is changed, the run chosen and resumed: the form shows the run's own prompts, seeds and k
     page.get_by_label("Content prompts").fill("something else")
     page.get_by_label("Seeds").fill("9")

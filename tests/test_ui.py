@@ -1,5 +1,6 @@
 """The studio: driven in headless Chromium (Playwright), called concurrently through gradio_client, and fed bad input."""
 
+import contextlib
 import re
 import shutil
 import socket
@@ -124,6 +125,22 @@ def wait_heads(page, value):
 
 def cell(page, layer, head):
     return page.locator(f'#head-picker td[data-layer="{layer}"][data-head="{head}"]')
+
+
+@contextlib.contextmanager
+def slowed(transformer, seconds):
+    """The transformer sleeping ``seconds`` before each call (slow enough to press Stop); yields the calls seen."""
+    calls = []
+
+    def slow(module, args):
+        calls.append(1)
+        time.sleep(seconds)
+
+    handle = transformer.register_forward_pre_hook(slow)
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
 
 def toast(page, text):
@@ -351,14 +368,7 @@ def test_a_working_session_seed_batch_history_xy_png_and_presets(page_at, viewpo
 def test_stop_ends_a_generation_between_steps(page_at, viewport, server):
     _, studio, _ = server
     page = page_at(viewport)
-    calls = []
-
-    def slow_step(module, args):
-        calls.append(1)
-        time.sleep(0.05)
-
-    handle = studio.pipe.transformer.register_forward_pre_hook(slow_step)
-    try:
+    with slowed(studio.pipe.transformer, 0.05) as calls:
         page.get_by_label("Steps").fill("300")
         page.get_by_role("button", name="Generate", exact=True).click()
         deadline = time.time() + 30
@@ -367,8 +377,6 @@ def test_stop_ends_a_generation_between_steps(page_at, viewport, server):
         page.locator("#stop-images").click()
         toast(page, "; the last result is kept")
         assert len(calls) < 100  # of 300 steps
-    finally:
-        handle.remove()
 
 
 def wait_listed(page, name, status, timeout=15):
