@@ -101,7 +101,7 @@ class HeadSet:
     @classmethod
     def coerce(cls, value: "HeadSetLike") -> "HeadSet":
         """Turn anything accepted where a HeadSet is into one: a HeadSet, a spec string, a preset name, a preset JSON
-        path, a list of ``(layer, head)`` / ``(layer, head, u)`` tuples, a ``{(layer, head): u}`` dict, or None."""
+        path, the reference implementation's ``final_perturb_heads.txt`` / ``.pkl``, a list of ``(layer, head)`` / ``(layer, head, u)`` tuples, a ``{(layer, head): u}`` dict, or None."""
         from .presets import load_preset  # presets hold head sets: imported here, not at the top
 
         if value is None:
@@ -112,7 +112,8 @@ class HeadSet:
             return load_preset(value)["heads"]
         if isinstance(value, str):
             stripped = value.strip()
-            if stripped.lower().endswith(".json") or not re.match(r"^[Ll]\s*\d", stripped) and stripped:
+            is_file = stripped.lower().endswith((".json", ".txt", ".pkl", ".pickle"))
+            if is_file or not re.match(r"^[Ll]\s*\d", stripped) and stripped:
                 return load_preset(stripped)["heads"]
             return cls.parse(stripped)
         if isinstance(value, Mapping):

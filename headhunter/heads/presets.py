@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .authors import AUTHORS_SUFFIXES, read_authors_heads
 from .headset import HeadSet, HeadSetLike, _check_softness
 
 if TYPE_CHECKING:
@@ -44,8 +45,10 @@ def list_presets(family: str | None = None) -> dict[str, dict]:
 
 
 def load_preset(name_or_path: str | Path) -> dict:
-    """Load a preset by shipped name (``"sd3-shadow"``), from a JSON file (e.g. a search's ``selected.json``) or from
-    an exported folder (``headhunter export``; ``hf://user/repo`` for one on the Hub).
+    """Load a preset by shipped name (``"sd3-shadow"``), from a JSON file (e.g. a search's ``selected.json``), from
+    an exported folder (``headhunter export``; ``hf://user/repo`` for one on the Hub) or from the HeadHunter reference
+    implementation's ``final_perturb_heads.txt`` / ``.pkl`` (see :mod:`.authors`; a pickle is read only if it holds
+    nothing but lists, tuples and integers).
 
     Returns the preset's fields with ``"heads"`` as a :class:`HeadSet`.
     """
@@ -54,6 +57,9 @@ def load_preset(name_or_path: str | Path) -> dict:
     if is_export(name_or_path):
         return load_export(name_or_path)
     path = Path(name_or_path)
+    if path.suffix.lower() in (*AUTHORS_SUFFIXES, ".txt"):
+        return {"format": PRESET_FORMAT, "heads": read_authors_heads(path), "source": str(path),
+                "description": "selected heads from the HeadHunter reference implementation"}
     if path.suffix == ".json" or path.is_file():
         if not path.is_file():
             raise ValueError(f"preset file {str(path)!r} does not exist")
