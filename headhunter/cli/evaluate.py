@@ -33,6 +33,7 @@ def split_metrics(texts: Sequence[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from headhunter.evaluate import Evaluation, load_settings_file, parse_setting, read_prompts
+    from headhunter.evaluate.benchmarks import HPSV2_STYLES, check_benchmark, export_benchmark
     from headhunter.guidance import default_cfg_scale
     from headhunter.pipelines import load_pipeline
     from headhunter.scorers import ScorerUnavailable
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline is not None and args.baseline not in names:
         raise UsageError(f"--baseline {args.baseline!r} is not one of the settings: {', '.join(names)}")
     check_writable_dir(args.out, "--out")
+    for kind, target in args.export:
+        check_benchmark(kind, prompts, target)  # before any image: a prompt file the benchmark cannot take
     device, family, builtin, width, height = run_target(args)
     defaults: dict[str, Any] = {"num_inference_steps": args.steps or (builtin.steps if builtin else 28), "width": width,
                                 "height": height}
@@ -72,12 +75,27 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{len(result.rows)} images ({result.generated} generated now) in {result.out_dir}")
         for row in result.summary:
+            if row.get("category", "all") != "all":
+                continue
             line = f"  {row['setting']:<24} {row['metric']:<16} {row['mean']:.4g}  [{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
             if "diff_mean" in row:
                 line += (f"  vs {args.baseline}: {row['diff_mean']:+.4g} [{row['diff_ci_low']:.4g}, "
                          f"{row['diff_ci_high']:.4g}], wins {row['win_rate']:.0%}")
             print(line)
+        categories = list(dict.fromkeys(r["category"] for r in result.summary if r.get("category", "all") != "all"))
+        if categories:
+            print(f"  ({len(categories)} categories: {', '.join(categories)}; per-category rows in "
+                  f"{result.out_dir / 'summary.csv'} and the report)")
         print(f"report: {result.report}")
+        for kind, target in args.export:
+            written = export_benchmark(kind, result.rows, prompts, result.out_dir, target, command)
+            print(f"{kind}: {len(written)} files in {target}")
+            if kind == "hpsv2":
+                counts = {style: sum(r.category == style for r in prompts) for style in HPSV2_STYLES}
+                if any(n != 800 for n in counts.values()):
+                    print("  note: HPSv2's benchmark score needs all 800 prompts of each style (this export has "
+                          + ", ".join(f"{n} {style}" for style, n in counts.items())
+                          + "); its evaluator substitutes a neighbouring image for a missing one")
     return 0
 
 
@@ -93,6 +111,9 @@ def register(sub: Any) -> None:
     ev.add_argument("--baseline", default=None, metavar="NAME",
                     help="a setting to compare every other one with (paired differences, bootstrap over prompts)")
     ev.add_argument("--out", required=True, help="run directory (re-running reuses what still matches)")
+    ev.add_argument("--export", nargs=2, action="append", default=[], metavar=("BENCHMARK", "DIR"),
+                    help="also write the images in a benchmark's own layout for its evaluator: geneval, "
+                         "t2i-compbench or hpsv2 (repeatable)")
     ev.add_argument("--fresh", action="store_true", help="remove this run's earlier images and results first")
     ev.add_argument("--batch-size", type=positive_int, default=4)
     ev.add_argument("--steps", type=positive_int, default=None)

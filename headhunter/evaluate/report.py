@@ -1,5 +1,6 @@
 """A self-contained ``report.html``: a prompts × settings grid (images linked relatively), a bar chart per metric with
-95% intervals (inline SVG), the summary table and the commands that regenerate the run."""
+95% intervals (inline SVG), the summary table, per-category tables when the prompts carry categories, and the
+commands that regenerate the run."""
 
 from __future__ import annotations
 
@@ -42,6 +43,36 @@ def _bar_chart(metric: str, rows: Sequence[dict], width: int = 520, caption: str
     return "".join(parts)
 
 
+def _category_tables(rows: Sequence[dict], settings: Sequence, metrics: Sequence[str], categories: Sequence[str],
+                     baseline: str | None) -> str:
+    """Per metric, a categories × settings table: mean and 95% interval, and with a baseline the paired difference
+    to it (interval over the category's prompts) and the win rate."""
+    if not categories:
+        return ""
+    cell = {(r["setting"], r["metric"], r["category"]): r for r in rows}
+    parts = ["<h2>By category</h2>"]
+    for metric in metrics:
+        head = "".join(f"<th>{html.escape(s.name)}</th>" for s in settings)
+        body = []
+        for category in categories:
+            cells = []
+            for s in settings:
+                r = cell.get((s.name, metric, category))
+                if r is None or not math.isfinite(r["mean"]):
+                    cells.append("<td>—</td>")
+                    continue
+                text = f"{r['mean']:.4g} <small>[{r['ci_low']:.4g}, {r['ci_high']:.4g}], n {r['n']}</small>"
+                if baseline is not None and "diff_mean" in r and math.isfinite(r["diff_mean"]):
+                    text += (f"<br><small>− {html.escape(baseline)}: {r['diff_mean']:+.4g} [{r['diff_ci_low']:.4g}, "
+                             f"{r['diff_ci_high']:.4g}], wins {r['win_rate']:.0%}</small>")
+                cells.append(f"<td>{text}</td>")
+            body.append(f"<tr><th>{html.escape(category)}</th>{''.join(cells)}</tr>")
+        parts.append(f'<table class="by-category" data-metric="{html.escape(metric)}"><caption>{html.escape(metric)}'
+                     f" by category (mean, 95% bootstrap interval)</caption><tr><th>category</th>{head}</tr>"
+                     f"{''.join(body)}</table>")
+    return "\n".join(parts)
+
+
 def render_report(
     title: str,
     settings: Sequence,
@@ -51,10 +82,15 @@ def render_report(
     commands: Sequence[str],
     latest: Sequence[str] = (),
     baseline: str | None = None,
+    categories: Sequence[str] = (),
 ) -> str:
     """``items``: one dict per image (setting, prompt, seed, image path relative to the report, metric values).
     ``commands`` made the images shown; ``latest`` is the invocation that wrote this report (shown when it differs,
-    e.g. when it only added a metric). With ``baseline``, ``summary`` rows carry paired differences to it."""
+    e.g. when it only added a metric). With ``baseline``, ``summary`` rows carry paired differences to it. With
+    ``categories``, ``summary`` also holds one row per category (its ``category``; the overall rows say ``all``) and
+    the report breaks every metric, and every difference, down by category."""
+    by_category = [r for r in summary if r.get("category") not in (None, "all")]
+    summary = [r for r in summary if r.get("category") in (None, "all")]
     keys = []
     for item in items:
         key = (item["prompt"], item["seed"])
@@ -73,7 +109,9 @@ def render_report(
             scores = "<br>".join(f"{html.escape(m)}: {item[m]:.4g}" for m in metrics)
             shown = item.get("video") or item["image"]  # a video shows as its animated WebP
             cells.append(f'<td><img src="{html.escape(shown)}" alt="{html.escape(s.name)}"><br><small>{scores}</small></td>')
-        body.append(f"<tr><th>{html.escape(prompt)}<br><small>seed {seed}</small></th>{''.join(cells)}</tr>")
+        category = next((i.get("category") for i in items if (i["prompt"], i["seed"]) == (prompt, seed)), "")
+        label = f"seed {seed}" + (f" · {html.escape(category)}" if category else "")
+        body.append(f"<tr><th>{html.escape(prompt)}<br><small>{label}</small></th>{''.join(cells)}</tr>")
     charts = "".join(_bar_chart(m, [r for r in summary if r["metric"] == m]) for m in metrics)
     compare_head = ""
     if baseline is not None:
@@ -97,6 +135,7 @@ def render_report(
         f"<tr><td>{html.escape(r['setting'])}</td><td>{html.escape(r['metric'])}</td><td>{r['n']}</td>"
         f"<td>{r['mean']:.5g}</td><td>[{r['ci_low']:.5g}, {r['ci_high']:.5g}]</td>{compare_cells(r)}</tr>"
         for r in summary)
+    category_tables = _category_tables(by_category, settings, metrics, categories, baseline)
     lines = list(commands) or ["(made from Python)"]
     extra = [c for c in latest if c not in commands]
     if extra:
@@ -109,6 +148,7 @@ body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ddd; padding: 6px; vertical-align: top; }}
 .grid img {{ width: 160px; height: auto; image-rendering: pixelated; display: block; }}
 .chart {{ display: block; margin: 12px 0 24px; font-size: 13px; }}
+table.by-category {{ margin: 12px 0 20px; }} caption {{ text-align: left; font-weight: bold; padding: 4px 0; }}
 pre {{ background: #f5f5f5; padding: 12px; white-space: pre-wrap; }}
 </style></head>
 <body>
@@ -117,6 +157,7 @@ pre {{ background: #f5f5f5; padding: 12px; white-space: pre-wrap; }}
 <h2>Metrics</h2>
 {charts}
 <table><tr><th>setting</th><th>metric</th><th>n</th><th>mean</th><th>95% bootstrap interval</th>{compare_head}</tr>{table}</table>
+{category_tables}
 <h2>Images</h2>
 <table class="grid"><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>
 <h2>Regenerate</h2>

@@ -27,7 +27,7 @@ import torch
 from ..distributed import process_info
 from ..jsonlog import append_records, read_records, repair_log
 from ..metadata import frame_paths, save_png, save_video
-from .inputs import PromptRow
+from .inputs import ALL, PromptRow
 from .report import render_report
 from .settings import SETTING_KEYS, Setting
 from .stats import bootstrap_ci, paired_comparison
@@ -119,6 +119,7 @@ class Evaluation:
         if baseline is not None and baseline not in names:
             raise ValueError(f"--baseline {baseline!r} is not one of the settings: {', '.join(names)}")
         self.baseline = baseline
+        self.categories = list(dict.fromkeys(r.category for r in self.rows_in if r.category is not None))
         self.metrics = list(dict.fromkeys(metrics))
         if not self.metrics:
             raise ValueError("give at least one metric")
@@ -194,8 +195,9 @@ class Evaluation:
                 seeds = [row.seed] if row.seed is not None else self.seeds
                 for seed in seeds:
                     stem = f"images/{_slug(setting.name)}/{index:03d}-s{seed}"
-                    item = {"setting": setting.name, "prompt_index": index, "prompt": row.prompt, "seed": seed,
-                            "image": f"{stem}.png", "fingerprint": self.image_fingerprint(setting, row.prompt, seed)}
+                    item = {"setting": setting.name, "prompt_index": index, "prompt": row.prompt,
+                            "category": row.category or "", "seed": seed, "image": f"{stem}.png",
+                            "fingerprint": self.image_fingerprint(setting, row.prompt, seed)}
                     if (self._resolved[setting.name].get("num_frames") or 1) > 1:  # a video: its first frame, all
                         item["video"] = f"{stem}.webp"  # frames in the folder ``stem``, and the animation
                     out.append(item)
@@ -318,8 +320,8 @@ class Evaluation:
                 png.unlink()
 
     def _image_record(self, it: dict, seconds: float | None) -> dict:
-        return {"kind": "image", **{k: it[k] for k in ("fingerprint", "setting", "prompt_index", "prompt", "seed",
-                                                        "image")},
+        return {"kind": "image", **{k: it[k] for k in ("fingerprint", "setting", "prompt_index", "prompt", "category",
+                                                        "seed", "image")},
                 "generation_seconds": seconds, "command": self.commands, "process": self.rank}
 
     def _score(self, batch: list[dict], scorers: dict) -> list[dict]:
@@ -382,7 +384,8 @@ class Evaluation:
             record = images.get(it["fingerprint"])
             if record is None:
                 continue
-            row = {k: it[k] for k in ("setting", "prompt_index", "prompt", "seed", "image", "video") if k in it}
+            row = {k: it[k] for k in ("setting", "prompt_index", "prompt", "category", "seed", "image", "video")
+                   if k in it}
             for metric in self.metrics:
                 row[metric] = scores.get((it["fingerprint"], self.metric_fingerprint(metric)))
                 if row[metric] is None:
@@ -414,28 +417,39 @@ class Evaluation:
                 path.unlink(missing_ok=True)
 
     def _summary(self, rows: list[dict]) -> list[dict]:
+        """Per setting and metric: the mean with its interval (and the paired difference to the baseline); with
+        categories, an overall row (category ``all``) followed by one row per category, in the prompt file's order."""
+        groups: list[str | None] = [ALL, *self.categories] if self.categories else [None]
         summary = []
         for setting in self.settings:
-            mine = [r for r in rows if r["setting"] == setting.name]
             for metric in self.metrics:
-                values = [r[metric] for r in mine]
-                mean, low, high = bootstrap_ci(values)
-                entry = {"setting": setting.name, "metric": metric, "n": sum(v == v for v in values), "mean": mean,
-                         "ci_low": low, "ci_high": high}
-                if self.baseline is not None and setting.name != self.baseline:
-                    base = {(r["prompt_index"], r["seed"]): r[metric] for r in rows if r["setting"] == self.baseline}
-                    pairs = [(r["prompt_index"], r[metric], base[(r["prompt_index"], r["seed"])]) for r in mine
-                             if (r["prompt_index"], r["seed"]) in base]
-                    entry.update(paired_comparison(pairs))
-                summary.append(entry)
+                for category in groups:
+                    def chosen(r: dict) -> bool:
+                        return category in (None, ALL) or r["category"] == category
+
+                    mine = [r for r in rows if r["setting"] == setting.name and chosen(r)]
+                    values = [r[metric] for r in mine]
+                    mean, low, high = bootstrap_ci(values)
+                    entry = {"setting": setting.name, "metric": metric, "n": sum(v == v for v in values),
+                             "mean": mean, "ci_low": low, "ci_high": high}
+                    if category is not None:
+                        entry["category"] = category
+                    if self.baseline is not None and setting.name != self.baseline:
+                        base = {(r["prompt_index"], r["seed"]): r[metric] for r in rows
+                                if r["setting"] == self.baseline and chosen(r)}
+                        pairs = [(r["prompt_index"], r[metric], base[(r["prompt_index"], r["seed"])]) for r in mine
+                                 if (r["prompt_index"], r["seed"]) in base]
+                        entry.update(paired_comparison(pairs))
+                    summary.append(entry)
         return summary
 
     def _write_outputs(self, rows: list[dict], summary: list[dict]) -> None:
         videos = ["video"] if any("video" in row for row in rows) else []
-        columns = ["setting", "prompt_index", "prompt", "seed", "image", *videos, *self.metrics, "generation_seconds",
-                   "fingerprint"]
+        categories = ["category"] if self.categories else []
+        columns = ["setting", "prompt_index", "prompt", *categories, "seed", "image", *videos, *self.metrics,
+                   "generation_seconds", "fingerprint"]
         self._write_csv("results.csv", columns, rows)
-        summary_columns = ["setting", "metric", "n", "mean", "ci_low", "ci_high"]
+        summary_columns = ["setting", "metric", *categories, "n", "mean", "ci_low", "ci_high"]
         if self.baseline is not None:
             summary_columns += ["baseline", "pairs", "diff_mean", "diff_ci_low", "diff_ci_high", "win_rate"]
             summary = [{**row, "baseline": self.baseline if "diff_mean" in row else ""} for row in summary]
@@ -451,7 +465,7 @@ class Evaluation:
             pd.DataFrame(rows, columns=columns).to_parquet(self.out / "results.parquet")
         made_by = list(dict.fromkeys(line for row in rows for line in row["command"]))
         page = render_report(f"headhunter eval — {self.model_name}", self.settings, rows, summary, self.metrics,
-                             made_by, latest=self.commands, baseline=self.baseline)
+                             made_by, latest=self.commands, baseline=self.baseline, categories=self.categories)
         tmp = self.out / "report.html.tmp"
         tmp.write_text(page, encoding="utf-8")
         tmp.replace(self.out / "report.html")
