@@ -30,18 +30,13 @@ class HeadHunterMixin:
         """Layers and heads of this pipeline's transformer."""
         return HeadLayout.from_transformer(self.transformer)
 
-    def check_pag_inputs(
-        self, batch_size: int, num_images_per_prompt: int, ip_adapter_inputs: tuple = (), **pag_kwargs: Any
-    ) -> PAGArguments:
-        """Validate the ``pag_*`` arguments of a call before anything runs (ValueError naming the problem).
-        ``ip_adapter_inputs``: the call's IP-Adapter arguments; head guidance does not combine with them."""
-        pag = PAGArguments.from_call(
+    def check_pag_inputs(self, batch_size: int, num_images_per_prompt: int, **pag_kwargs: Any) -> PAGArguments:
+        """Validate the ``pag_*`` arguments of a call before anything runs (ValueError naming the problem). An
+        IP-Adapter combines with them: the perturbed rows forked inside the transformer get the image embeddings of
+        the conditional rows they copy."""
+        return PAGArguments.from_call(
             self.head_layout, num_prompts=batch_size, num_images_per_prompt=num_images_per_prompt, **pag_kwargs
         )
-        if pag.active and any(x is not None for x in ip_adapter_inputs):
-            raise ValueError("pag_heads cannot be combined with an IP-Adapter: the perturbed rows forked inside the "
-                             "transformer carry no IP-Adapter image embeddings")
-        return pag
 
     def prepare_perturbation_plan(
         self, pag: PAGArguments, do_classifier_free_guidance: bool, text_len: int, device: Any = "cpu"

@@ -141,8 +141,6 @@ class HeadHunterChromaPipeline(HeadHunterMixin, ChromaPipeline):
             pag_applied_layers=pag_applied_layers,
             pag_reuse=pag_reuse,
             pag_mode=pag_mode,
-            ip_adapter_inputs=(ip_adapter_image, ip_adapter_image_embeds, negative_ip_adapter_image,
-                               negative_ip_adapter_image_embeds),
         )
         # HeadHunter <<<
 

@@ -149,8 +149,6 @@ class HeadHunterFluxPipeline(HeadHunterMixin, FluxPipeline):
             pag_applied_layers=pag_applied_layers,
             pag_reuse=pag_reuse,
             pag_mode=pag_mode,
-            ip_adapter_inputs=(ip_adapter_image, ip_adapter_image_embeds, negative_ip_adapter_image,
-                               negative_ip_adapter_image_embeds),
         )
         # HeadHunter <<<
 

@@ -168,7 +168,6 @@ class HeadHunterSD3Pipeline(HeadHunterMixin, StableDiffusion3Pipeline):
             pag_applied_layers=pag_applied_layers,
             pag_reuse=pag_reuse,
             pag_mode=pag_mode,
-            ip_adapter_inputs=(ip_adapter_image, ip_adapter_image_embeds),
         )
         # HeadHunter <<<
 

@@ -39,7 +39,11 @@ def explicit_target(q: torch.Tensor, k: torch.Tensor, target: str, scope: str, i
 
 
 class ExplicitKernel:
-    """Attention kernel computing ``((1 - u)·A + u·T)·V`` per head with explicit matrices, for batch 1 only."""
+    """Attention kernel computing ``((1 - u)·A + u·T)·V`` per head with explicit matrices, for batch 1 only.
+
+    Only a layer's own attention is perturbed: the first kernel call after the layer's attention module starts. A
+    second call in the same module (an IP-Adapter's image-prompt attention, in diffusers' SD3 and FLUX IP-Adapter
+    processors) is computed explicitly and left as it is."""
 
     def __init__(self, softness: dict, target: str, scope: str, image_first: bool, n_text: int):
         self.softness = softness  # {(layer, head): u}
@@ -51,6 +55,7 @@ class ExplicitKernel:
         """q, k, v: [1, H, N, D] → [1, H, N, D]; ``mask``: the model's attention mask, added to A's logits (a float
         mask, as Chroma's) or masking them (bool). The targets T are the model's own, without the mask."""
         assert q.shape[0] == 1, "the reference runs one image at a time"
+        layer, self.layer = self.layer, None
         n = q.shape[2]
         image = slice(0, n - self.n_text) if self.image_first else slice(self.n_text, n)
         outs = []
@@ -61,7 +66,7 @@ class ExplicitKernel:
                 m = mask.reshape(-1, n, n)[0] if mask.numel() >= n * n else mask.reshape(1, n).expand(n, n)
                 logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.double()
             a = logits.softmax(-1)
-            u = self.softness.get((self.layer, h), 0.0)
+            u = self.softness.get((layer, h), 0.0)
             if u > 0:
                 t = explicit_target(qh, kh, self.target, self.scope, image).double()
                 if self.scope == "image":  # text queries keep their attention (T = A there), mask and all
@@ -70,7 +75,9 @@ class ExplicitKernel:
                     t[text_rows] = a[text_rows]
                 a = (1 - u) * a + u * t
             outs.append((a @ vh).to(v.dtype))
-        return torch.stack(outs)[None]
+        # laid out in memory as SDPA lays out its output ([B, N, H, D]): diffusers' SD3 IP-Adapter processor .view()s
+        # it after a transpose
+        return torch.stack(outs)[None].transpose(1, 2).contiguous().transpose(1, 2)
 
 
 @contextlib.contextmanager
@@ -139,8 +146,10 @@ def _denoise(pipe, latents, timesteps, run, cond, uncond, cfg_scale, kernel, sof
 
 
 def reference_sd3(pipe, prompt, seed, softness, *, steps, guidance_scale, pag_scale, target="identity", scope="joint",
-                  negative_prompt=None, size=32, **rule):
-    """Final latents of one SD3 image, every branch run separately, perturbed attention from explicit matrices."""
+                  negative_prompt=None, size=32, ip_embeds=None, negative_ip_embeds=None, **rule):
+    """Final latents of one SD3 image, every branch run separately, perturbed attention from explicit matrices.
+    ``ip_embeds`` (and ``negative_ip_embeds`` for the unconditional branch): a loaded IP-Adapter's image embeddings,
+    given to every branch's forward."""
     cfg = guidance_scale > 1
     pe, npe, ppe, nppe = pipe.encode_prompt(prompt, None, None, negative_prompt=negative_prompt,
                                            do_classifier_free_guidance=cfg, device="cpu")
@@ -149,13 +158,14 @@ def reference_sd3(pipe, prompt, seed, softness, *, steps, guidance_scale, pag_sc
     timesteps, _ = sd3_timesteps(pipe.scheduler, steps, "cpu")
     kernel = ExplicitKernel(softness, target, scope, image_first=True, n_text=pe.shape[1])
 
-    def run(x, embeds, pooled, t):
+    def run(x, embeds, pooled, ip, t):
+        kwargs = None if ip is None else {"ip_adapter_image_embeds": ip}  # a new dict: the forward pops it
         return pipe.transformer(hidden_states=x, timestep=t.expand(1), encoder_hidden_states=embeds,
-                                pooled_projections=pooled, return_dict=False)[0]
+                                pooled_projections=pooled, joint_attention_kwargs=kwargs, return_dict=False)[0]
 
-    uncond = (npe, nppe) if cfg else None
-    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, guidance_scale, kernel, softness, pag_scale,
-                    **rule)
+    uncond = (npe, nppe, negative_ip_embeds) if cfg else None
+    return _denoise(pipe, latents, timesteps, run, (pe, ppe, ip_embeds), uncond, guidance_scale, kernel, softness,
+                    pag_scale, **rule)
 
 
 def _shifted_timesteps(pipe, latents, steps):
@@ -171,8 +181,9 @@ def _shifted_timesteps(pipe, latents, steps):
 
 def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="identity", scope="joint",
                    negative_prompt=None, true_cfg_scale=1.0, guidance_scale=3.5, size=32, max_sequence_length=48,
-                   **rule):
-    """Final (packed) latents of one FLUX image, every branch run separately."""
+                   ip_embeds=None, **rule):
+    """Final (packed) latents of one FLUX image, every branch run separately; ``ip_embeds``: a loaded IP-Adapter's
+    image embeddings (a list, one per adapter), given to the conditional and perturbed branches."""
     pe, ppe, text_ids = pipe.encode_prompt(prompt, None, device="cpu", max_sequence_length=max_sequence_length)
     cfg = true_cfg_scale > 1 and negative_prompt is not None
     if cfg:
@@ -183,14 +194,15 @@ def reference_flux(pipe, prompt, seed, softness, *, steps, pag_scale, target="id
     guidance = torch.full([1], guidance_scale)
     kernel = ExplicitKernel(softness, target, scope, image_first=False, n_text=pe.shape[1])
 
-    def run(x, embeds, pooled, t):
+    def run(x, embeds, pooled, ip, t):
+        kwargs = None if ip is None else {"ip_adapter_image_embeds": ip}
         return pipe.transformer(hidden_states=x, timestep=t.expand(1) / 1000, guidance=guidance,
                                 pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
-                                img_ids=image_ids, return_dict=False)[0]
+                                img_ids=image_ids, joint_attention_kwargs=kwargs, return_dict=False)[0]
 
-    uncond = (npe, nppe) if cfg else None
-    return _denoise(pipe, latents, timesteps, run, (pe, ppe), uncond, true_cfg_scale, kernel, softness, pag_scale,
-                    **rule)
+    uncond = (npe, nppe, None) if cfg else None
+    return _denoise(pipe, latents, timesteps, run, (pe, ppe, ip_embeds), uncond, true_cfg_scale, kernel, softness,
+                    pag_scale, **rule)
 
 
 def reference_chroma(pipe, prompt, seed, softness, *, steps, pag_scale, target="identity", scope="joint",

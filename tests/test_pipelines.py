@@ -99,15 +99,6 @@ def test_chroma_inactive_is_bit_identical_to_stock(chroma, extra, guidance_scale
     assert rows == stock_rows
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux", "chroma"])
-def test_head_guidance_with_an_ip_adapter_is_refused_before_anything_runs(sd3, flux, chroma, family):
-    hh = {"sd3": sd3, "flux": flux, "chroma": chroma}[family][0]
-    kw = SD3_KW if family == "sd3" else FLUX_KW
-    with count_rows(hh.transformer) as rows, pytest.raises(ValueError, match="cannot be combined with an IP-Adapter"):
-        hh("a cat", generator=gen(), pag_heads="L1H0", ip_adapter_image_embeds=[torch.zeros(1, 1, 8)], **kw)
-    assert rows["transformer"] == []
-
-
 @pytest.mark.parametrize("guidance_scale", [1.0, 2.5])
 def test_image_scope_matches_diffusers_sd3_pag(sd3_components, guidance_scale):
     names = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",

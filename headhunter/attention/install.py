@@ -43,6 +43,10 @@ __all__ = ["PerturbationSession", "around_next_call", "compile_mode", "installed
 # signature (gradient checkpointing calls blocks positionally, and Chroma's single-stream blocks take no
 # encoder_hidden_states, so the positions differ between block types).
 _PER_ROW = ("hidden_states", "encoder_hidden_states", "temb", "attention_mask")
+# Per-row entries of the ``joint_attention_kwargs`` a block passes on to its attention: an IP-Adapter's image tokens
+# (a tensor on SD3 / SD3.5, a list of them on FLUX.1) and SD3's IP timestep embedding. Forked with the rows, so a
+# perturbed row sees the image embeddings of the conditional row it copies.
+_PER_ROW_ATTENTION = ("ip_hidden_states", "temb")
 # The models whose blocks perturbed_heads can fork inside: SD3's joint blocks, FLUX.1's and Chroma's double- and
 # single-stream blocks with an AdaLayerNormContinuous ``norm_out`` after them.
 FORKING_MODELS = ("sd3", "flux", "chroma")
@@ -66,11 +70,25 @@ class _ForkHook:
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if not self.on:
             return args, kwargs
-        fork, names = self.session.fork, self.positional
-        args = tuple(fork(a) if i < len(names) and names[i] in _PER_ROW else a for i, a in enumerate(args))
+        names = self.positional
+        args = tuple(self._fork(names[i] if i < len(names) else "", a) for i, a in enumerate(args))
         # a new dict rather than writing into the caller's (torch.compile traces these hooks)
-        kwargs = {name: fork(value) if name in _PER_ROW else value for name, value in kwargs.items()}
+        kwargs = {name: self._fork(name, value) for name, value in kwargs.items()}
         return args, kwargs
+
+    def _fork(self, name: str, value: Any) -> Any:
+        fork = self.session.fork
+        if name in _PER_ROW:
+            return fork(value)
+        if name == "joint_attention_kwargs" and value:
+            return {key: _fork_entry(fork, entry) if key in _PER_ROW_ATTENTION else entry
+                    for key, entry in value.items()}
+        return value
+
+
+def _fork_entry(fork: Callable[[Any], Any], entry: Any) -> Any:
+    """A tensor forked, or each tensor of a list (FLUX.1 keeps one per loaded IP-Adapter)."""
+    return [fork(v) for v in entry] if isinstance(entry, (list, tuple)) else fork(entry)
 
 
 class _EagerForkHook(_ForkHook):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn as _stock_dispatch
+from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
 
 from .dispatch import Mix, perturbing, perturbing_dispatch, token_slices
 
@@ -46,12 +47,18 @@ _NOT_GIVEN: Any = object()
 
 # The per-row arguments of a processor call, in their positional order (SD3's ``Attention``, FLUX-style processors)
 _PER_ROW_ARGUMENTS = ("hidden_states", "encoder_hidden_states", "attention_mask")
+# ... and those passed by name only: an SD3 IP-Adapter's image tokens and timestep embedding
+_PER_ROW_KEYWORDS = (*_PER_ROW_ARGUMENTS, "ip_hidden_states", "temb")
 
 
 def _rows(args: tuple, kwargs: dict, rows: slice) -> tuple[tuple, dict]:
     """The processor call's arguments for ``rows`` of the batch."""
     def take(name: str, value: Any) -> Any:
-        return value[rows] if name in _PER_ROW_ARGUMENTS and isinstance(value, torch.Tensor) else value
+        if name not in _PER_ROW_KEYWORDS:
+            return value
+        if isinstance(value, (list, tuple)):
+            return type(value)(v[rows] if isinstance(v, torch.Tensor) else v for v in value)
+        return value[rows] if isinstance(value, torch.Tensor) else value
 
     args = tuple(take(name, value) for name, value in zip(_PER_ROW_ARGUMENTS, args)) + args[len(_PER_ROW_ARGUMENTS):]
     return args, {name: take(name, value) for name, value in kwargs.items()}
@@ -83,7 +90,9 @@ def _project(attn: Any, x: torch.Tensor, fused: str, names: tuple[str, str, str]
 class JointAttnDispatchProcessor:
     """SD3 / SD3.5 joint attention (``JointAttnProcessor2_0`` semantics: [image; text] tokens, optional QK RMS-norm,
     fused QKV, ``context_pre_only`` in the last block) with the attention through ``dispatch_attention_fn``, on the
-    backend and parallel config of the stock processor it replaces."""
+    backend and parallel config of the stock processor it replaces. In place of diffusers'
+    ``SD3IPAdapterJointAttnProcessor2_0`` it adds that processor's image-prompt attention (:func:`_sd3_ip_attention`,
+    with its weights), which SoftPAG leaves alone."""
 
     def __init__(self, original: Any = None):
         self.attach(original)
@@ -92,6 +101,7 @@ class JointAttnDispatchProcessor:
         # set_attention_backend writes the user's backend on the processors; keep serving it
         self._attention_backend = getattr(original, "_attention_backend", None)
         self._parallel_config = getattr(original, "_parallel_config", None)
+        self._ip = original if isinstance(original, SD3IPAdapterJointAttnProcessor2_0) else None
 
     def __call__(
         self,
@@ -100,6 +110,8 @@ class JointAttnDispatchProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         *args: Any,
+        ip_hidden_states: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if attention_mask is not None:
@@ -109,6 +121,7 @@ class JointAttnDispatchProcessor:
         query, key, value = _project(attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"))
         head_dim = key.shape[-1] // heads
         query, key, value = (x.view(batch, -1, heads, head_dim) for x in (query, key, value))
+        image_qkv = query, key, value  # before the QK norm: the IP-Adapter normalises them with its own
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
@@ -136,11 +149,32 @@ class JointAttnDispatchProcessor:
             hidden_states, encoder_hidden_states = hidden_states[:, :n_image], hidden_states[:, n_image:]
             if not attn.context_pre_only:
                 encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        if self._ip is not None and self._ip.scale != 0 and ip_hidden_states is not None:
+            hidden_states = hidden_states + self._ip.scale * _sd3_ip_attention(
+                self._ip, *image_qkv, ip_hidden_states, temb, self._attention_backend, self._parallel_config)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         if encoder_hidden_states is not None:
             return hidden_states, encoder_hidden_states
         return hidden_states
+
+
+def _sd3_ip_attention(ip: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      ip_hidden_states: torch.Tensor, temb: torch.Tensor | None, backend: Any,
+                      parallel_config: Any) -> torch.Tensor:
+    """The image-prompt attention of diffusers' ``SD3IPAdapterJointAttnProcessor2_0`` (its "IP Adapter" block, the
+    same operations on its weights ``ip``): image queries attend over [image keys; IP keys], each normalised by the
+    adapter's own RMS-norms. ``query``, ``key``, ``value``: the image tokens' projections [B, N, H, D], before the
+    layer's QK norm. Returns [B, N, H·D], to be added times ``ip.scale`` before the output projection.
+    ``tests/test_adapters.py`` checks it against diffusers' processor."""
+    batch, heads, head_dim = query.shape[0], query.shape[2], query.shape[3]
+    tokens = ip.norm_ip(ip_hidden_states, temb=temb)
+    ip_key = ip.to_k_ip(tokens).view(batch, -1, heads, head_dim)
+    ip_value = ip.to_v_ip(tokens).view(batch, -1, heads, head_dim)
+    keys = torch.cat([ip.norm_k(key), ip.norm_ip_k(ip_key)], dim=1)
+    values = torch.cat([value, ip_value], dim=1)
+    out = _stock_dispatch(ip.norm_q(query), keys, values, backend=backend, parallel_config=parallel_config)
+    return out.flatten(2, 3).to(query.dtype)
 
 
 class SoftPAGProcessor:
@@ -202,6 +236,7 @@ class SoftPAGProcessor:
         rotary_emb: Any = _NOT_GIVEN,
         ip_hidden_states: Any = _NOT_GIVEN,
         ip_adapter_masks: Any = _NOT_GIVEN,
+        temb: Any = _NOT_GIVEN,
         kv_cache: Any = _NOT_GIVEN,
         kv_cache_mode: Any = _NOT_GIVEN,
         num_txt_tokens: Any = _NOT_GIVEN,
@@ -211,6 +246,7 @@ class SoftPAGProcessor:
         for name, value in (("image_rotary_emb", image_rotary_emb), ("encoder_hidden_states_mask",
                             encoder_hidden_states_mask), ("freqs_cis", freqs_cis), ("rotary_emb", rotary_emb),
                             ("ip_hidden_states", ip_hidden_states), ("ip_adapter_masks", ip_adapter_masks),
+                            ("temb", temb),
                             ("kv_cache", kv_cache), ("kv_cache_mode", kv_cache_mode),
                             ("num_txt_tokens", num_txt_tokens), ("num_ref_tokens", num_ref_tokens)):
             if value is not _NOT_GIVEN:
