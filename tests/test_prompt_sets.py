@@ -227,13 +227,15 @@ def test_t2i_compbench_and_hpsv2_exports_and_a_rerun_leaves_nothing_stale(fixtur
     ("geneval", "drawbench.csv", "prompt 1 has no GenEval metadata"),
     ("hpsv2", "drawbench.csv", "prompt 1 has style 'Colors'"),
     ("t2i-compbench", "underscore.txt", "holds '_'"),
+    ("t2i-compbench", "traversal.csv", "category '../../escape' cannot be a folder name"),
     ("t2i-compbench", "foreign", "is not empty and holds no earlier t2i-compbench export"),
     ("coco", "drawbench.csv", "unknown benchmark 'coco'"),
 ])
 def test_a_bad_export_exits_2_before_any_image(fixtures, tmp_path, capsys, kind, prompt_file, message):
     (tmp_path / "underscore.txt").write_text("a snake_case sign\n")
+    (tmp_path / "traversal.csv").write_text("Prompts,Category\na cat,../../escape\n")
     target = tmp_path / "target"
-    prompts = fixtures.get(prompt_file, tmp_path / "underscore.txt")
+    prompts = fixtures.get(prompt_file, tmp_path / prompt_file)
     if prompt_file == "foreign":
         target.mkdir()
         (target / "notes.txt").write_text("mine")

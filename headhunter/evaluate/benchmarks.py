@@ -9,9 +9,8 @@ One folder per setting (``DIR/<setting>``), each holding that setting's images a
   ``samples/<prompt>_<n:06d>.png``, ``n`` counting the folder's images; the evaluators read the prompt back from the
   name up to its first ``_``. With categories, one such folder per category (``DIR/<setting>/<category>/samples``),
   since each category is evaluated on its own;
-- ``hpsv2`` (``hpsv2.evaluate(DIR/<setting>, ...)``; ``benchmark_all`` mode on ``DIR``): ``<style>/<i:05d>.jpg``, ``i``
-  the prompt's place among its style's prompts, one image each; with several seeds one folder per seed
-  (``DIR/<setting>-s<seed>``).
+- ``hpsv2`` (``hpsv2.evaluate(DIR/<setting>)``): ``<style>/<i:05d>.jpg``, ``i`` the prompt's place among its
+  style's prompts, one image each; with several seeds one folder per seed (``DIR/<setting>-s<seed>``).
 
 A target folder is refused unless it is empty or holds an earlier export of this kind (``headhunter-benchmark.json``
 lists its files); those files are removed first, so no image from an earlier run is ever read as this run's.
@@ -46,6 +45,9 @@ def check_benchmark(kind: str, prompts: Sequence[PromptRow], target: str | Path)
                 raise ValueError(f"--export geneval: prompt {i} has no GenEval metadata (tag, include); GenEval's "
                                  "evaluator reads them, so --prompts must be its evaluation_metadata.jsonl")
         elif kind == "t2i-compbench":
+            category = row.category
+            if category is not None and (category in (".", "..") or any(c in category for c in "/\\\0")):
+                raise ValueError(f"--export t2i-compbench: prompt {i}'s category {category!r} cannot be a folder name")
             bad = next((c for c in ("_", "/", "\\", "\0") if c in row.prompt), None)
             if bad is not None:
                 raise ValueError(f"--export t2i-compbench: prompt {i} ({row.prompt!r}) holds {bad!r}; T2I-CompBench "
@@ -90,9 +92,10 @@ def _layout(kind: str, rows: Sequence[dict], prompts: Sequence[PromptRow], folde
     seeds = sorted({r["seed"] for r in rows})
     files: dict[str, Any] = {}
     counters: dict[str, int] = {}
-    place = {}  # hpsv2: a prompt's place among its style's prompts
+    place, seen = {}, {}  # hpsv2: a prompt's place among its style's prompts
     for index, row in enumerate(prompts):
-        place[index] = sum(1 for other in prompts[:index] if other.category == row.category)
+        place[index] = seen.get(row.category, 0)
+        seen[row.category] = place[index] + 1
     for r in sorted(rows, key=lambda r: (r["setting"], r["prompt_index"], r["seed"])):
         setting, index, seed = folder_of(r["setting"]), r["prompt_index"], r["seed"]
         if kind == "geneval":

@@ -91,11 +91,10 @@ def render_report(
     the report breaks every metric, and every difference, down by category."""
     by_category = [r for r in summary if r.get("category") not in (None, "all")]
     summary = [r for r in summary if r.get("category") in (None, "all")]
-    keys = []
+    category_of: dict[tuple, str] = {}  # (prompt, seed) -> category, in the items' order
     for item in items:
-        key = (item["prompt"], item["seed"])
-        if key not in keys:
-            keys.append(key)
+        category_of.setdefault((item["prompt"], item["seed"]), item.get("category") or "")
+    keys = list(category_of)
     by_key = {(i["setting"], i["prompt"], i["seed"]): i for i in items}
     head = "".join(f"<th>{html.escape(s.name)}<br><small>{html.escape(s.describe())}</small></th>" for s in settings)
     body = []
@@ -109,7 +108,7 @@ def render_report(
             scores = "<br>".join(f"{html.escape(m)}: {item[m]:.4g}" for m in metrics)
             shown = item.get("video") or item["image"]  # a video shows as its animated WebP
             cells.append(f'<td><img src="{html.escape(shown)}" alt="{html.escape(s.name)}"><br><small>{scores}</small></td>')
-        category = next((i.get("category") for i in items if (i["prompt"], i["seed"]) == (prompt, seed)), "")
+        category = category_of[(prompt, seed)]
         label = f"seed {seed}" + (f" · {html.escape(category)}" if category else "")
         body.append(f"<tr><th>{html.escape(prompt)}<br><small>{label}</small></th>{''.join(cells)}</tr>")
     charts = "".join(_bar_chart(m, [r for r in summary if r["metric"] == m]) for m in metrics)
