@@ -12,5 +12,6 @@ from . import statistics as _statistics  # noqa: E402,F401  isort: skip
 from . import clip as _clip  # noqa: E402,F401  isort: skip
 from . import imagereward as _imagereward  # noqa: E402,F401  isort: skip
 from . import shapes as _shapes  # noqa: E402,F401  isort: skip
+from . import scenes as _scenes  # noqa: E402,F401  isort: skip
 
 __all__ = ["Scorer", "ScorerUnavailable", "available_scorers", "load_scorer", "register_scorer", "scorer_info"]

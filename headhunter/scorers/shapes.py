@@ -27,9 +27,10 @@ import torch
 from ..testbed.data import POSITIONS, STYLES, parse_prompt, styled_palette
 from .base import register_scorer
 
-__all__ = ["Observation", "analyse", "components"]
+__all__ = ["FILL", "Observation", "analyse", "components", "foreground_mask", "nearest_color",
+           "read_background", "style_of"]
 
-_FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}
+FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}
 _COLOR_SCALE = 60.0  # RGB distance at which a colour component has fallen to 1/e
 
 
@@ -47,8 +48,25 @@ class Observation:
     fill: float | None
 
 
-def _nearest(rgb: np.ndarray, palette: dict[str, np.ndarray], exclude: str | None = None) -> str:
+def nearest_color(rgb: np.ndarray, palette: dict[str, np.ndarray], exclude: str | None = None) -> str:
     return min((name for name in palette if name != exclude), key=lambda name: float(np.linalg.norm(rgb - palette[name])))
+
+
+def foreground_mask(pixels: np.ndarray, background_rgb: np.ndarray, palette: dict[str, np.ndarray],
+                    background: str) -> np.ndarray:
+    """Pixels farther from the observed background than half the distance to the nearest other palette colour."""
+    distance = np.linalg.norm(pixels - background_rgb, axis=-1)
+    return distance > 0.5 * min(float(np.linalg.norm(palette[c] - palette[background])) for c in palette
+                                if c != background)
+
+
+def read_background(pixels: np.ndarray, palette: dict[str, np.ndarray]) -> tuple[np.ndarray, str, np.ndarray]:
+    """(background colour seen: the median of the border pixels, its nearest palette colour, the foreground mask)
+    of float [H, W, 3] ``pixels``."""
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background_rgb = np.median(border, axis=0)
+    background = nearest_color(background_rgb, palette)
+    return background_rgb, background, foreground_mask(pixels, background_rgb, palette, background)
 
 
 def analyse(image: np.ndarray, style: str | None) -> Observation:
@@ -56,28 +74,24 @@ def analyse(image: np.ndarray, style: str | None) -> Observation:
     pixels = image.astype(np.float32)
     h, w, _ = pixels.shape
     palette = styled_palette(style)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background_rgb = np.median(border, axis=0)
-    background = _nearest(background_rgb, palette)
-    distance = np.linalg.norm(pixels - background_rgb, axis=-1)
-    mask = distance > 0.5 * min(float(np.linalg.norm(palette[c] - palette[background])) for c in palette if c != background)
+    background_rgb, background, mask = read_background(pixels, palette)
     if mask.sum() < 2:
-        return Observation(background, None, None, None, _style_of(background_rgb, None, background, None),
+        return Observation(background, None, None, None, style_of(background_rgb, None, background, None),
                            background_rgb, None, None)
     foreground_rgb = np.median(pixels[mask], axis=0)
-    foreground = _nearest(foreground_rgb, palette, exclude=background)
+    foreground = nearest_color(foreground_rgb, palette, exclude=background)
     ys, xs = np.nonzero(mask)
     centre = ((xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h)
     position = min(POSITIONS, key=lambda p: math.dist(centre, POSITIONS[p]))
     box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
     fill = float(mask.sum() / box)
-    shape = min(_FILL, key=lambda s: abs(fill - _FILL[s]))
+    shape = min(FILL, key=lambda s: abs(fill - FILL[s]))
     return Observation(background, foreground, position, shape,
-                       _style_of(background_rgb, foreground_rgb, background, foreground), background_rgb,
+                       style_of(background_rgb, foreground_rgb, background, foreground), background_rgb,
                        foreground_rgb, fill)
 
 
-def _style_of(background_rgb: np.ndarray, foreground_rgb: np.ndarray | None, background: str,
+def style_of(background_rgb: np.ndarray, foreground_rgb: np.ndarray | None, background: str,
               foreground: str | None) -> str | None:
     """The style (or None) under which the observed colours are closest to the palette's."""
     def error(style: str | None) -> float:
@@ -100,7 +114,7 @@ def components(image: np.ndarray, prompt: str) -> dict[str, float]:
         return {"background": background, "foreground": 0.0, "position": 0.0, "shape": 0.0,
                 "style": float(seen.style == scene.style)}
     foreground = math.exp(-float(np.linalg.norm(seen.foreground_rgb - palette[scene.foreground])) / _COLOR_SCALE)
-    shape = max(0.0, 1.0 - abs(seen.fill - _FILL[scene.shape]) / 0.25)
+    shape = max(0.0, 1.0 - abs(seen.fill - FILL[scene.shape]) / 0.25)
     return {"background": background, "foreground": foreground, "position": float(seen.position == scene.position),
             "shape": shape, "style": float(seen.style == scene.style)}
 

@@ -2,7 +2,8 @@
 weight-free ``shapes`` objective (:mod:`headhunter.scorers.shapes`), and a small SD3-architecture model
 (:mod:`.model`) trained on them offline (:mod:`.train`), shipped in ``toy-shapes/`` and loaded by
 ``headhunter.testing.toy_pipeline()`` or ``--model toy-shapes``: guidance and search measured on a model that learned
-something."""
+something. :mod:`.scenes` is the world of the second testbed, two objects in a relation, read by the ``scenes``
+objective (:mod:`headhunter.scorers.scenes`)."""
 
 from .data import COLORS, POSITIONS, SHAPES, STYLES, Scene, all_scenes, apply_style, parse_prompt, render
 

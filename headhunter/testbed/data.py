@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["COLORS", "POSITIONS", "SHAPES", "STYLES", "Scene", "all_scenes", "apply_style", "held_out_scenes",
-           "parse_prompt", "render", "styled_palette", "training_scenes"]
+__all__ = ["COLORS", "POSITIONS", "SHAPES", "STYLES", "Scene", "all_scenes", "apply_style", "draw_shape",
+           "held_out_scenes", "held_out_split", "parse_prompt", "render", "styled_palette", "training_scenes"]
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -118,26 +118,36 @@ def render(scene: Scene | str, size: int = 32, seed: int = 0) -> Image.Image:
     side = size * rng.uniform(0.36, 0.42)
     cx = cx * size + rng.uniform(-0.03, 0.03) * size
     cy = cy * size + rng.uniform(-0.03, 0.03) * size
+    draw_shape(draw, scene.shape, cx, cy, side, COLORS[scene.foreground])
+    return Image.fromarray(apply_style(np.asarray(image), scene.style))
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, side: float,
+               color: tuple[int, int, int]) -> None:
+    """``shape`` filling a ``side``-wide box centred at (cx, cy): a circle, a square, or an upright triangle."""
     half = side / 2
     box = [cx - half, cy - half, cx + half, cy + half]
-    color = COLORS[scene.foreground]
-    if scene.shape == "circle":
+    if shape == "circle":
         draw.ellipse(box, fill=color)
-    elif scene.shape == "square":
+    elif shape == "square":
         draw.rectangle(box, fill=color)
-    else:  # an upright triangle filling the box
+    else:
         draw.polygon([(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)], fill=color)
-    return Image.fromarray(apply_style(np.asarray(image), scene.style))
+
+
+def held_out_split(scenes: list, count: int, seed: int) -> tuple[list, list]:
+    """(held out, training): a fixed, seeded draw of ``count`` of ``scenes``, and the rest in their order."""
+    drawn = list(scenes)
+    random.Random(seed).shuffle(drawn)
+    held = set(drawn[:count])
+    return drawn[:count], [scene for scene in scenes if scene not in held]
 
 
 def held_out_scenes(count: int = 200) -> list[Scene]:
     """The scenes kept out of training (a fixed, seeded draw over all scenes): the testbed measures on these."""
-    scenes = all_scenes()
-    random.Random(20261125).shuffle(scenes)
-    return scenes[:count]
+    return held_out_split(all_scenes(), count, 20261125)[0]
 
 
 def training_scenes() -> list[Scene]:
     """Every scene but the :func:`held_out_scenes`."""
-    held = set(held_out_scenes())
-    return [scene for scene in all_scenes() if scene not in held]
+    return held_out_split(all_scenes(), 200, 20261125)[1]
