@@ -21,7 +21,9 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flux-guidance", type=non_negative_float, default=3.5,
                         help="FLUX distilled guidance_scale (default 3.5)")
     parser.add_argument("--negative-prompt", default=None)
-    parser.add_argument("--heads", default=None, help="heads to perturb: 'L13H17,L1H10@0.5', a preset name or a JSON file")
+    parser.add_argument("--heads", default=None,
+                        help="heads to perturb: 'L13H17,L1H10@0.5', a preset name, a JSON file, an exported folder "
+                             "(hf://user/repo) or the reference implementation's final_perturb_heads.txt / .pkl")
     parser.add_argument("--pag-scale", type=non_negative_float, default=3.0, help="perturbation-guidance scale w (default 3)")
     parser.add_argument("--adaptive-scale", type=non_negative_float, default=0.0,
                         help="pag_adaptive_scale: lower the PAG scale as the steps go (default 0, off)")
