@@ -123,7 +123,7 @@ def test_a_lora_is_active_in_every_branch(lora, way):
     assert (latents - merged_latents).abs().max() <= TOL
 
 
-def test_a_fused_lora_leaves_nothing_behind_and_unfuses_to_the_plain_weights(lora):
+def test_a_disabled_lora_gives_the_plain_weights_result(lora):
     pipe, state, plain = lora
     pipe.disable_lora()
     try:
