@@ -7,11 +7,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import pytest
+from headless import dump_dom
 import torch
 from PIL import Image
 
@@ -81,14 +81,7 @@ def test_eval_outputs_are_consistent_with_their_images(tmp_path, prompt_file, ca
 def test_report_opens_in_headless_chromium_with_every_image_loaded(tmp_path, prompt_file):
     out = tmp_path / "run"
     assert main(eval_args(prompt_file, out)) == 0
-    profile = tempfile.mkdtemp()
-    dom = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-         "--virtual-time-budget=10000", "--dump-dom", (out / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
-    ).stdout
-    shutil.rmtree(profile, ignore_errors=True)
+    dom = dump_dom(out / "report.html")
     assert 'data-loaded="12" data-total="12"' in dom, dom[-2000:]
     assert "<svg" in dom and "headhunter eval" in dom and "--setting" in dom
 
