@@ -88,6 +88,28 @@ def test_concurrent_generate_calls_return_their_own_images(server):
     assert not np.array_equal(single["L0H1"][1], single["L2"][1])  # the heads really differ
 
 
+
+def test_images_reach_gradio_as_files_of_their_own_with_their_settings(tmp_path):
+    """Gradio rewrites a PIL image's cache file in place (its name is the hash of its bytes), so two sessions showing
+    the same image at once could read each other's half-written file; the page hands Gradio a file per call
+    instead, which it copies into its cache atomically."""
+    import gradio as gr
+
+    from headhunter.metadata import settings_of, with_settings
+    from headhunter.ui.app import shown_as_files
+
+    image = with_settings(Image.new("RGB", (8, 8), (200, 10, 10)), {"seed": 3, "pag_heads": "L1H0"})
+    first = shown_as_files(((image, image), "note", gr.update(value=[(image, "seed 3")], visible=True)), tmp_path)
+    second = shown_as_files(((image, image), "note", None), tmp_path)
+    (a, b), note, update = first
+    assert a == b and note == "note" and update["visible"] is True and update["value"][0][1] == "seed 3"
+    assert len({a, update["value"][0][0], second[0][0]}) == 2  # one file per image per call: never shared by calls
+    for path in (a, second[0][0]):
+        with Image.open(path) as shown:
+            assert shown.format == "PNG" and np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(image))
+            assert settings_of(shown)["pag_heads"] == "L1H0"
+
+
 needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
                                     reason="needs Debian's chromium (installed by .ci/run)")
 VIEWPORTS = [pytest.param({"width": 1440, "height": 900}, id="1440x900"),

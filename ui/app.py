@@ -7,9 +7,13 @@ import functools
 import html
 import inspect
 import random
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
+from gradio.processing_utils import encode_pil_to_bytes
+from PIL import Image
 
 from headhunter.heads import HeadSet
 
@@ -42,18 +46,48 @@ def _toast(err: gr.Error) -> None:
     gr.Warning(html.escape(str(getattr(err, "message", err)), quote=False))
 
 
-def keeping_last_result(fn: Callable, outputs: int) -> Callable:
+def shown_as_files(value: Any, folder: Path) -> Any:
+    """``value`` (an event's outputs) with every PIL image replaced by a PNG file of its own in a new folder under
+    ``folder``, its text chunks (the settings) kept. Gradio caches a PIL image under the hash of its bytes and
+    rewrites that file in place, so two sessions showing the same image at once (the unguided image of the same
+    prompt and seed) could each be served the other's half-written file; a file is copied into the cache under a
+    temporary name and renamed."""
+    made: dict[int, str] = {}
+    call = Path(tempfile.mkdtemp(dir=folder))
+
+    def convert(item: Any) -> Any:
+        if isinstance(item, Image.Image):
+            if id(item) not in made:
+                path = call / f"{len(made)}.png"
+                path.write_bytes(encode_pil_to_bytes(item, "png"))
+                made[id(item)] = str(path)
+            return made[id(item)]
+        if isinstance(item, (tuple, list)):
+            return type(item)(convert(x) for x in item)
+        if isinstance(item, dict) and item.get("__type__") == "update" and "value" in item:
+            return {**item, "value": convert(item["value"])}
+        return item
+
+    return convert(value)
+
+
+def keeping_last_result(fn: Callable, outputs: int, shown: Path | None = None) -> Callable:
     """``fn`` for an event whose outputs must survive a mistake: a ``gr.Error`` becomes a warning toast with the
-    message, and every output keeps what it showed (instead of turning into an error badge)."""
+    message, and every output keeps what it showed (instead of turning into an error badge). With ``shown``, the
+    images it returns reach Gradio as files there (:func:`shown_as_files`)."""
 
     def kept() -> Any:
         return tuple(gr.skip() for _ in range(outputs)) if outputs > 1 else gr.skip()
+
+    def files(value: Any) -> Any:
+        return value if shown is None else shown_as_files(value, shown)
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def streaming(*args: Any, **kwargs: Any) -> Any:
             try:
-                yield from fn(*args, **kwargs)
+                for value in fn(*args, **kwargs):
+                    yield files(value)
             except gr.Error as err:
                 _toast(err)
                 yield kept()
@@ -63,7 +97,7 @@ def keeping_last_result(fn: Callable, outputs: int) -> Callable:
     @functools.wraps(fn)
     def handler(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return files(fn(*args, **kwargs))
         except gr.Error as err:
             _toast(err)
             return kept()
@@ -100,6 +134,8 @@ def with_settings(fn: Callable, before: tuple[str, ...] = (), after: tuple[str, 
 
 def build_app(studio: Studio) -> gr.Blocks:
     layout, defaults = studio.layout, studio.defaults
+    shown = tempfile.TemporaryDirectory(prefix="headhunter-shown-")  # removed with the app (it holds a reference)
+    guarded = functools.partial(keeping_last_result, shown=Path(shown.name))
     with gr.Blocks(title="headhunter studio") as app:
         gr.HTML(f"<style>{CSS}</style>", padding=False)  # page-wide rules (Gradio 6 takes css= only in launch)
         gr.HTML("", js_on_load=PAGE_JS, padding=False, elem_id="page-keys")
@@ -269,16 +305,16 @@ def build_app(studio: Studio) -> gr.Blocks:
             data = getattr(evt, "_data", None) or {}
             return studio.pick(text, data.get("layer", -1), data.get("head"))
 
-        picker.click(keeping_last_result(pick, 1), [heads], [heads], **instant)
-        use_preset.click(keeping_last_result(studio.apply_preset, 3), [preset], [heads, pag_scale, softness], **instant)
-        save.click(keeping_last_result(studio.save_preset, 1),
+        picker.click(guarded(pick, 1), [heads], [heads], **instant)
+        use_preset.click(guarded(studio.apply_preset, 3), [preset], [heads, pag_scale, softness], **instant)
+        save.click(guarded(studio.save_preset, 1),
                    [preset_name, preset_description, heads, pag_scale, softness], [preset], **instant)
-        export.click(keeping_last_result(studio.export_preset, 1),
+        export.click(guarded(studio.export_preset, 1),
                      [preset_name, preset_description, heads, pag_scale, softness], [exported], **instant)
-        imported.upload(keeping_last_result(studio.import_preset, 4), [imported], [heads, pag_scale, softness, preset],
+        imported.upload(guarded(studio.import_preset, 4), [imported], [heads, pag_scale, softness, preset],
                         **instant)
         # the box empties after each PNG (read or refused), so the next drop anywhere lands in it again
-        png.upload(keeping_last_result(with_settings(studio.settings_from_png, before=("upload",)), len(settings)),
+        png.upload(guarded(with_settings(studio.settings_from_png, before=("upload",)), len(settings)),
                    [png, *settings], settings, **instant).then(lambda: None, None, [png], **instant)
         dice.click(lambda: random.randrange(2**31), None, [seed], **instant)
 
@@ -288,7 +324,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         pressed = [run.click, prompt.submit]
         gr.on(pressed, lambda: (gr.update(interactive=False), gr.Tabs(selected="generate")), None, [run, tabs],
               **instant)
-        generating = gr.on(pressed, keeping_last_result(with_settings(studio.generate, after=("batch", "history")),
+        generating = gr.on(pressed, guarded(with_settings(studio.generate, after=("batch", "history")),
                                                         len(generate_outputs)),
                            [*settings, batch, history], generate_outputs, concurrency_id="pipeline",
                            api_name="generate", trigger_mode="once", show_progress_on=[progress_box])
@@ -307,17 +343,17 @@ def build_app(studio: Studio) -> gr.Blocks:
         def restore(entries: list, evt: gr.SelectData) -> tuple:
             return studio.restore(entries, evt.index)
 
-        strip.select(keeping_last_result(restore, len(settings) + len(described)), [history], [*settings, *described],
+        strip.select(guarded(restore, len(settings) + len(described)), [history], [*settings, *described],
                      **instant)
 
         def restore_pair(entries: list, pairs: list, evt: gr.SelectData) -> tuple:
             # the batch gallery shows the latest Generate's seeds in order; the history has them newest first
             return studio.restore(entries, len(pairs or []) - 1 - evt.index)
 
-        batch_pairs.select(keeping_last_result(restore_pair, len(settings) + len(described)), [history, batch_pairs],
+        batch_pairs.select(guarded(restore_pair, len(settings) + len(described)), [history, batch_pairs],
                            [*settings, *described], **instant)
 
-        atlas_running = atlas_run.click(keeping_last_result(with_settings(studio.atlas, after=("layer",)), 1),
+        atlas_running = atlas_run.click(guarded(with_settings(studio.atlas, after=("layer",)), 1),
                                         [*settings, layer], [gallery], concurrency_id="pipeline", api_name="atlas",
                                         show_progress_on=[atlas_cost])
         atlas_stop.click(studio.stop_images, None, None, cancels=[atlas_running], concurrency_limit=None)
@@ -325,9 +361,9 @@ def build_app(studio: Studio) -> gr.Blocks:
         def atlas_pick(text: str, evt: gr.SelectData) -> str:
             return studio.atlas_pick(text, evt.value.get("caption") if isinstance(evt.value, dict) else None)
 
-        gallery.select(keeping_last_result(atlas_pick, 1), [heads], [heads], **instant)
+        gallery.select(guarded(atlas_pick, 1), [heads], [heads], **instant)
 
-        xy_running = xy_run.click(keeping_last_result(with_settings(studio.xy, after=("rows", "axis", "values")), 3),
+        xy_running = xy_run.click(guarded(with_settings(studio.xy, after=("rows", "axis", "values")), 3),
                                   [*settings, xy_rows, xy_axis, xy_values], [xy_image, xy_file, xy_note],
                                   concurrency_id="pipeline", api_name="xy", show_progress_on=[xy_note])
         xy_stop.click(studio.stop_images, None, None, cancels=[xy_running], concurrency_limit=None)
@@ -352,7 +388,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         form = [objective, style, contents, seeds, top_k, rounds]
         searching = with_settings(studio.search, before=("objective", "style", "contents", "seeds", "top_k", "rounds"),
                                   after=("run_name",), generator=True)
-        search_run.click(keeping_last_result(searching, len(search_outputs)), [*form, *settings, run_name],
+        search_run.click(guarded(searching, len(search_outputs)), [*form, *settings, run_name],
                          search_outputs, concurrency_id="search", concurrency_limit=1, api_name="search")
 
         def resume_run(name: str, request: gr.Request) -> Any:
@@ -361,7 +397,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             for shown in studio.resume(name, request):
                 yield (*shown, *[gr.skip()] * len(form))
 
-        resume.click(keeping_last_result(resume_run, len(search_outputs) + len(form)), [run_name],
+        resume.click(guarded(resume_run, len(search_outputs) + len(form)), [run_name],
                      [*search_outputs, *form], concurrency_id="search", concurrency_limit=1)
         search_stop.click(studio.stop_search, None, None, concurrency_limit=None)
         app.unload(studio.stop_all)  # a closed page stops its work
@@ -370,10 +406,11 @@ def build_app(studio: Studio) -> gr.Blocks:
             name = (evt.row_value or [None])[0]
             return (name, *studio.show_run(name))
 
-        runs.select(keeping_last_result(choose_run, 4), None, [run_name, heatmap, ranking, found], **instant)
+        runs.select(guarded(choose_run, 4), None, [run_name, heatmap, ranking, found], **instant)
         use_found.click(lambda text: text, [found], [heads], **instant)
-        export_run.click(keeping_last_result(studio.export_chosen, 1), [run_name], [exported_run], **instant)
+        export_run.click(guarded(studio.export_chosen, 1), [run_name], [exported_run], **instant)
         app.load(studio.runs_table, None, [runs], **instant)
+    app.shown_images = shown
     app.queue(default_concurrency_limit=1)
     return app
 
