@@ -30,18 +30,18 @@ _CLIP_HIDDEN = 64
 _CLIP_PROJECTION = 32
 
 
-def word_tokenizer() -> Any:
-    """A CLIP BPE tokenizer whose merges are learnt from :data:`WORDS` (so a grammar word is one token), over every
-    byte character with and without the end-of-word mark (so any text tokenizes)."""
+def word_tokenizer(words: tuple[str, ...] = WORDS, max_tokens: int = MAX_TOKENS) -> Any:
+    """A CLIP BPE tokenizer whose merges are learnt from ``words`` (so a grammar word is one token), over every byte
+    character with and without the end-of-word mark (so any text tokenizes), ``max_tokens`` long."""
     from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
     tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
-    merges = _learn_merges(WORDS)
+    merges = _learn_merges(words)
     tokens += list(dict.fromkeys(left + right for left, right in merges))
     vocab = {token: index for index, token in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_tokens)
 
 
 def _learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -69,7 +69,7 @@ def _text_encoder(tokenizer: Any) -> Any:
 
     return CLIPTextModelWithProjection(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=_CLIP_HIDDEN, intermediate_size=2 * _CLIP_HIDDEN, num_hidden_layers=3,
-        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=_CLIP_PROJECTION,
+        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, projection_dim=_CLIP_PROJECTION,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         hidden_act="gelu"))
 
@@ -95,11 +95,12 @@ def _transformer() -> Any:
         qk_norm="rms_norm")
 
 
-def toy_components(seed: int = 0) -> dict[str, Any]:
-    """The untrained components of the toy-shapes pipeline (weights fixed by ``seed``)."""
+def toy_components(seed: int = 0, words: tuple[str, ...] = WORDS, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
+    """The untrained components of a toy pipeline (weights fixed by ``seed``) for a world with ``words`` and prompts
+    of at most ``max_tokens`` tokens (default: toy-shapes')."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    tokenizer = word_tokenizer()
+    tokenizer = word_tokenizer(words, max_tokens)
     torch.manual_seed(seed)
     return {
         "transformer": _transformer(),

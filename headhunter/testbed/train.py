@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Scene, render, training_scenes
 from .model import IMAGE_SIZE, toy_components
+from .worlds import WORLDS, World
 
-SEEDS_PER_SCENE = 8
 ZERO_TOKENS = 256  # the SD3 pipeline's default max_sequence_length
 
 
-def _images(scenes: list[Scene]) -> torch.Tensor:
-    """uint8 [N, 3, H, W]: every scene rendered with seeds 0..SEEDS_PER_SCENE-1."""
-    arrays = [np.asarray(render(scene, IMAGE_SIZE, seed)) for scene in scenes for seed in range(SEEDS_PER_SCENE)]
+def _images(world: World, scenes: list) -> torch.Tensor:
+    """uint8 [N, 3, H, W]: every scene rendered with seeds 0 .. seeds_per_scene - 1."""
+    arrays = [np.asarray(world.render(scene, IMAGE_SIZE, seed)) for scene in scenes
+              for seed in range(world.seeds_per_scene)]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _captions(world: World, scenes: list, seed: int) -> list[str]:
+    """One caption per image of :func:`_images`, in its order (seeded)."""
+    rng = random.Random(seed)
+    return [world.caption(scene, rng) for scene in scenes for _ in range(world.seeds_per_scene)]
 
 
 def _to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -263,6 +270,7 @@ def export(components: dict, ema: dict, folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m headhunter.testbed.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(WORLDS), default="toy-shapes", help="the toy world to train on")
     parser.add_argument("--work", type=Path, required=True, help="checkpoint folder (resumed when it exists)")
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--steps", type=int, default=12000, help="transformer and text-encoder steps")
@@ -277,15 +285,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    components = toy_components(args.seed)
-    scenes = training_scenes()[: args.scenes]
-    images = _images(scenes)
-    print(f"{len(scenes)} training scenes, {len(images)} images")
+    world = WORLDS[args.model]
+    components = toy_components(args.seed, world.words, world.max_tokens)
+    scenes = world.training()[: args.scenes]
+    images = _images(world, scenes)
+    print(f"{world.name}: {len(scenes)} training scenes, {len(images)} images")
     train_vae(components["vae"], images, args.work, args.vae_steps, min(32, args.batch), args.save_every, args.seed)
     latents = encode_images(components["vae"], images)
     tokenizer = components["tokenizer"]
-    prompt_ids = tokenizer([s.prompt for s in scenes], padding="max_length", truncation=True,
-                           return_tensors="pt").input_ids
+    prompt_ids = tokenizer(_captions(world, scenes, args.seed), padding="max_length", truncation=True,
+                           return_tensors="pt").input_ids  # one per image
     empty_ids = tokenizer([""], padding="max_length", return_tensors="pt").input_ids[0]
     ema = train_model(components, latents, prompt_ids, empty_ids, args.work, args.steps, args.batch, args.save_every,
                       args.seed + 1, args.lr)
