@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--scenes", type=int, default=None, help="train on the first N training scenes only (tests)")
+    parser.add_argument("--vae-from", type=Path, default=None, metavar="PIPELINE",
+                        help="take the VAE of this toy pipeline folder (e.g. headhunter/testbed/toy-shapes) instead "
+                             "of training one: the worlds share image size and palette")
     parser.add_argument("--export", type=Path, default=None, help="write the pipeline folder here when done")
     args = parser.parse_args(argv)
     if args.threads:
@@ -290,7 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     scenes = world.training()[: args.scenes]
     images = _images(world, scenes)
     print(f"{world.name}: {len(scenes)} training scenes, {len(images)} images")
-    train_vae(components["vae"], images, args.work, args.vae_steps, min(32, args.batch), args.save_every, args.seed)
+    if args.vae_from is not None:
+        from diffusers import AutoencoderKL
+
+        components["vae"] = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae").eval()
+    else:
+        train_vae(components["vae"], images, args.work, args.vae_steps, min(32, args.batch), args.save_every,
+                  args.seed)
     latents = encode_images(components["vae"], images)
     tokenizer = components["tokenizer"]
     prompt_ids = tokenizer(_captions(world, scenes, args.seed), padding="max_length", truncation=True,
