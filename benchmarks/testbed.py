@@ -164,17 +164,23 @@ def spearman(a: list[str], b: list[str]) -> float:
     return 1 - 6 * d2 / (n * (n * n - 1))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def experiment_parser(description: str) -> argparse.ArgumentParser:
+    """The options the toy models' experiment scripts share: pairs, search size, PAG scale, batch, output folder."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--small", action="store_true", help="a few pairs per experiment (CI)")
     parser.add_argument("--pairs", type=int, default=200, help="held-out prompt-seed pairs per setting")
     parser.add_argument("--search-prompts", type=int, default=16)
     parser.add_argument("--search-seeds", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--pag-scale", type=float, default=3.0)
-    parser.add_argument("--cfg", type=float, default=4.0, help="the CFG scale of the CFG row")
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    return parser
+
+
+def main() -> None:
+    parser = experiment_parser(__doc__.splitlines()[0])
+    parser.add_argument("--cfg", type=float, default=4.0, help="the CFG scale of the CFG row")
     args = parser.parse_args()
     if args.small:
         args.pairs, args.search_prompts, args.search_seeds, args.batch = 8, 3, 1, 8
@@ -274,12 +280,14 @@ def main() -> None:
 
 
 def sample_figure(pipe: Any, pairs: Sequence[tuple[str, int]], columns: dict[str, dict], path: Path,
-                  scale: int = 4) -> None:
-    """One row per pair: its ground-truth render, then the image of each setting in ``columns``, enlarged
-    pixel-exactly, with a header row of names and the prompt under each row."""
+                  scale: int = 4, truth: Any = None) -> None:
+    """One row per pair: its ground-truth render (``truth(prompt, seed)``; default toy-shapes' render with another
+    seed), then the image of each setting in ``columns``, enlarged pixel-exactly, with a header row of names and the
+    prompt under each row."""
     from PIL import Image, ImageDraw
 
-    cells = [[np.asarray(render(p, 32, s + 50_000)) for p, s in pairs]]
+    truth = truth or (lambda prompt, seed: render(prompt, 32, seed + 50_000))
+    cells = [[np.asarray(truth(p, s)) for p, s in pairs]]
     cells += [list(generate(pipe, pairs, len(pairs), **call)) for call in columns.values()]
     side, header, caption = 32 * scale, 18, 16
     names = ["rendered truth", *columns]

@@ -1,12 +1,13 @@
 """Tiny random-weight SD3, SD3.5-style and FLUX.1 pipelines, built offline (tokenizers included) and deterministically;
-and the trained toy model shipped with the package.
+and the trained toy models shipped with the package.
 
 They share the classes of the real models, so everything headhunter does on SD3-medium or FLUX.1-dev runs on them in
 milliseconds: the tests use them. The images are noise; only the code paths are real.
 
 :func:`toy_pipeline` loads ``toy-shapes``, a small SD3-architecture model trained offline on coloured shapes
 (:mod:`headhunter.testbed`): its images follow their prompts, so guidance and search show real effects; the demo and
-the studio's default model use it.
+the studio's default model use it. ``toy_pipeline("toy-scenes")`` loads its sibling trained on two objects in a
+relation, whose unguided samples often get the composition wrong (what guidance can repair).
 
     >>> from headhunter.testing import tiny_pipeline
     >>> pipe = tiny_pipeline("sd3")                        # a HeadHunterSD3Pipeline
@@ -21,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .testbed import TOY_MODELS  # the trained toy models: accepted by toy_pipeline() and --model
+from .testbed import TOY_MODELS, WORLDS  # the trained toy models: accepted by toy_pipeline() and --model
 
 __all__ = ["TINY_MODELS", "TINY_MODULAR", "TINY_MODULAR_CALL", "TINY_TRANSFORMERS", "TOY_CALL", "TOY_MODELS",
            "TOY_PROMPT", "tiny_clip_tokenizer", "tiny_components", "tiny_modular_pipeline", "tiny_pipeline",
@@ -32,7 +33,7 @@ TINY_MODELS = ("tiny-sd3", "tiny-sd3.5", "tiny-sd3.5-dual", "tiny-flux", "tiny-c
 #: The sampler settings the toy models are measured with: the defaults of the CLI and the studio. One zero text
 #: token in T5's place (the model was trained for any count; see :mod:`headhunter.testbed.train`).
 TOY_CALL = {"num_inference_steps": 20, "max_sequence_length": 1}
-TOY_PROMPT = "a red circle on a blue background, top left"
+TOY_PROMPT = WORLDS["toy-shapes"].prompts[0]  # "a red circle on a blue background, top left"
 
 _CLIP_HIDDEN = 16
 _JOINT_DIM = 32
@@ -252,7 +253,9 @@ def toy_pipeline_path(name: str = "toy-shapes") -> Path:
 
 def toy_pipeline(name: str = "toy-shapes", pipeline_class: Any = None, dtype: Any = torch.float32) -> Any:
     """A trained toy model, loaded offline from the package: ``toy-shapes`` draws the prompts of
-    :mod:`headhunter.testbed.data` ("a red circle on a blue background, top left[, warm light]") at 32×32.
+    :mod:`headhunter.testbed.data` ("a red circle on a blue background, top left[, warm light]") at 32×32;
+    ``toy-scenes`` those of :mod:`headhunter.testbed.scenes` ("a red circle left of a blue square on a white
+    background[, warm light]").
     Call it with :data:`TOY_CALL` for the settings it is measured with.
 
         >>> pipe = toy_pipeline()

@@ -90,12 +90,13 @@ class BuiltinDefaults:
 
 def builtin_defaults(model: str) -> BuiltinDefaults | None:
     """The defaults of a tiny or toy model name; None for any other model."""
-    from headhunter.testing import TINY_MODULAR_CALL, TOY_CALL, TOY_MODELS, TOY_PROMPT
+    from headhunter.testbed import WORLDS
+    from headhunter.testing import TINY_MODULAR_CALL, TOY_CALL
 
     name = model.lower()
-    if name in TOY_MODELS:
+    if name in WORLDS:
         call = dict(TOY_CALL)
-        return BuiltinDefaults(size=32, steps=call.pop("num_inference_steps"), prompt=TOY_PROMPT, call=call)
+        return BuiltinDefaults(size=32, steps=call.pop("num_inference_steps"), prompt=WORLDS[name].prompts[0], call=call)
     if not is_tiny(name):
         return None
     family = model_family(name)

@@ -34,6 +34,7 @@ from headhunter.pipelines import HeadHunterModularPipeline
 from headhunter.pipelines.loading import builtin_defaults
 from headhunter.scorers import available_scorers
 from headhunter.search import HeadHunter, SearchCancelled
+from headhunter.testbed import WORLDS
 from headhunter.testing import TOY_MODELS
 
 from . import workspace as ws
@@ -48,8 +49,6 @@ SCOPES = ["joint", "image"]
 HISTORY_LIMIT = 24
 BATCH_LIMIT = 16
 IMAGES_PER_CALL = 8
-TOY_SEARCH_PROMPTS = ("a red circle on a blue background, top left", "a white square on a green background, center",
-                      "a yellow triangle on a black background, bottom right")
 
 
 class Stopped(Exception):
@@ -75,8 +74,9 @@ class Studio:
         self._seconds_per_step: dict[tuple, float] = {}  # by _cost_key: the last measured, shown with the mode
         #: the Search tab's objective and content prompts
         self.search_defaults = ("colorfulness", "a parrot\na market stall")
-        if model_name.lower() in TOY_MODELS:  # prompts of its grammar, read back by the weight-free objective
-            self.search_defaults = ("shapes", "\n".join(TOY_SEARCH_PROMPTS))
+        if model_name.lower() in WORLDS:  # prompts of its grammar, read back by the weight-free objective
+            world = WORLDS[model_name.lower()]
+            self.search_defaults = (world.objective, "\n".join(world.prompts))
         cfg = default_cfg_scale(self.layout.model_type)  # off, except where a model is used with it (Wan)
         if self.builtin is not None:
             size = self.builtin.size

@@ -13,7 +13,7 @@ __all__ = ["MODEL_HELP", "UsageError", "check_writable_dir", "import_modules", "
            "parse_option", "parse_seeds", "parse_size", "positive_int", "read_prompt_list", "run_target", "unique_path"]
 
 
-MODEL_HELP = ("hub id, local pipeline folder, or a built-in offline model: toy-shapes (trained), tiny-sd3, tiny-sd3.5, "
+MODEL_HELP = ("hub id, local pipeline folder, or a built-in offline model: toy-shapes, toy-scenes (trained), tiny-sd3, tiny-sd3.5, "
               "tiny-flux, tiny-chroma, tiny-flux2, tiny-qwenimage, tiny-zimage, tiny-wan (random weights)")
 
 

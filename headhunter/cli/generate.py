@@ -14,7 +14,7 @@ __all__ = ["add_generation_options", "generate_images", "register", "validate_ca
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny-sd3", help=MODEL_HELP)
-    parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 28; 20 for toy-shapes, 2 for tiny models)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 28; 20 for the toy models, 2 for tiny models)")
     parser.add_argument("--size", type=parse_size, default=None, help="N or WxH (default: the model's; 32 for the built-in models)")
     parser.add_argument("--cfg", type=non_negative_float, default=None,
                         help="classifier-free guidance: SD3 guidance_scale, FLUX true_cfg_scale (default: off; Wan: 5)")

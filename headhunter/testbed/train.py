@@ -1,19 +1,27 @@
-"""Train the toy-shapes model on this machine, resumably, and export it as a diffusers pipeline folder.
+"""Train a toy model on this machine, resumably, and export it as a diffusers pipeline folder.
 
     python -m headhunter.testbed.train --work runs/toy-train --vae-steps 3000 --steps 12000 \\
         --export headhunter/testbed/toy-shapes
+    python -m headhunter.testbed.train --model toy-scenes --work runs/toy-scenes --steps 2250 \\
+        --vae-from headhunter/testbed/toy-shapes --export headhunter/testbed/toy-scenes
+
+``--model`` picks the world (:mod:`.worlds`): its prompts, renders and training captions.
 
 Two stages, each seeded and checkpointed to ``--work`` (every ``--save-every`` steps, on Ctrl-C, and at the end;
 a rerun with the same ``--work`` goes on where it stopped, and a larger ``--steps`` trains further):
 
 1. ``vae``: the ``AutoencoderKL`` learns to reconstruct rendered images (L1 + MSE + a small KL term). Its latents'
    mean and standard deviation become ``shift_factor`` and ``scaling_factor``.
+   With ``--vae-from`` a trained toy pipeline's VAE is taken instead (the worlds share size and palette); only its
+   latent statistics are measured again.
 2. ``model``: the transformer and both text encoders learn together with rectified flow, the SD3 objective: for
    ``x₁`` a scaled latent, ``ε ~ N(0, I)`` and ``t ~ σ(N(0, 1))`` (logit-normal), ``x_t = (1 − t)·x₁ + t·ε`` and the
    transformer predicts ``v = ε − x₁`` (MSE). 10 % of prompts are dropped to the empty prompt so CFG works. An
    exponential moving average of the weights (decay 0.999) is what gets exported.
 
-The held-out scenes (:func:`headhunter.testbed.data.held_out_scenes`) are never trained on.
+The world's held-out scenes (e.g. :func:`headhunter.testbed.data.held_out_scenes`) are never trained on. The
+shipped toy-scenes stops early on purpose, at 2,250 steps: it has learnt the grammar but still gets many
+compositions wrong without guidance, which is what it is for.
 
 Without ``text_encoder_3`` the SD3 pipeline appends ``max_sequence_length`` (256 by default) all-zero text tokens.
 They are identical through every layer (no positions on text tokens), so their effect is exactly that of one such

@@ -29,6 +29,9 @@ class World:
         caption: ``caption(scene, rng)``, what one training image is captioned (the full prompt, or one that leaves
             something out).
         seeds_per_scene: renders per training scene.
+        objective: the weight-free scorer that reads its images back against their prompts.
+        prompts: a few training prompts: the first is the model's default prompt (command line, studio), all of
+            them the studio's default search prompts.
     """
 
     name: str
@@ -39,6 +42,8 @@ class World:
     render: Callable[[Any, int, int], Image.Image]
     caption: Callable[[Any, random.Random], str]
     seeds_per_scene: int
+    objective: str
+    prompts: tuple[str, ...]
 
 
 def _words(*phrases: str) -> tuple[str, ...]:
@@ -69,8 +74,13 @@ def scenes_caption(scene: scenes.TwoObjectScene, rng: random.Random, drop: float
 
 WORLDS: dict[str, World] = {
     "toy-shapes": World("toy-shapes", SHAPES_WORDS, 16, data.training_scenes, data.held_out_scenes, data.render,
-                        lambda scene, rng: scene.prompt, 8),
+                        lambda scene, rng: scene.prompt, 8, "shapes",
+                        ("a red circle on a blue background, top left", "a white square on a green background, center",
+                         "a yellow triangle on a black background, bottom right")),
     # the longest: a red circle left of a blue square on a white background, warm light (15 words and ",")
     "toy-scenes": World("toy-scenes", SCENES_WORDS, 18, scenes.training_two_object_scenes,
-                        scenes.held_out_two_object_scenes, scenes.render_scene, scenes_caption, 2),
+                        scenes.held_out_two_object_scenes, scenes.render_scene, scenes_caption, 2, "scenes",
+                        ("a red circle left of a blue square on a white background",
+                         "a yellow triangle above a green circle on a black background",
+                         "a white square right of a red triangle on a blue background")),
 }
