@@ -119,9 +119,11 @@ def test_the_trainer_trains_and_exports_toy_scenes_with_a_borrowed_vae(tmp_path)
     from headhunter.testbed import train
     from headhunter.testing import toy_pipeline_path
 
+    threads = torch.get_num_threads()
     train.main(["--model", "toy-scenes", "--work", str(tmp_path / "work"), "--scenes", "3", "--batch", "4",
                 "--steps", "2", "--threads", "1", "--vae-from", str(toy_pipeline_path("toy-shapes")),
                 "--export", str(tmp_path / "pipe")])
+    assert torch.get_num_threads() == threads  # --threads is the run's, not the calling process's
     pipe = HeadHunterSD3Pipeline.from_pretrained(tmp_path / "pipe")
     prompt = "a red circle left of a blue square on a white background, warm light"
     assert pipe.tokenizer.model_max_length == 18

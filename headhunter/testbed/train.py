@@ -293,8 +293,16 @@ def main(argv: list[str] | None = None) -> None:
                              "of training one: the worlds share image size and palette")
     parser.add_argument("--export", type=Path, default=None, help="write the pipeline folder here when done")
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        _train(args)
+    finally:  # a call from Python (the tests) leaves torch's thread count as it found it
+        torch.set_num_threads(threads)
+
+
+def _train(args: argparse.Namespace) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     world = WORLDS[args.model]
     components = toy_components(args.seed, world.words, world.max_tokens)
