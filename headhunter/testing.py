@@ -7,7 +7,8 @@ milliseconds: the tests use them. The images are noise; only the code paths are 
 :func:`toy_pipeline` loads ``toy-shapes``, a small SD3-architecture model trained offline on coloured shapes
 (:mod:`headhunter.testbed`): its images follow their prompts, so guidance and search show real effects; the demo and
 the studio's default model use it. ``toy_pipeline("toy-scenes")`` loads its sibling trained on two objects in a
-relation, whose unguided samples often get the composition wrong (what guidance can repair).
+relation, whose unguided samples often get the composition wrong (CFG repairs much of it; see the README's
+toy-scenes testbed).
 
     >>> from headhunter.testing import tiny_pipeline
     >>> pipe = tiny_pipeline("sd3")                        # a HeadHunterSD3Pipeline

@@ -53,12 +53,14 @@ def shown_as_files(value: Any, folder: Path) -> Any:
     prompt and seed) could each be served the other's half-written file; a file is copied into the cache under a
     temporary name and renamed."""
     made: dict[int, str] = {}
-    call = Path(tempfile.mkdtemp(dir=folder))
+    call: list[Path] = []  # this call's folder, made with its first image (most events return none)
 
     def convert(item: Any) -> Any:
         if isinstance(item, Image.Image):
             if id(item) not in made:
-                path = call / f"{len(made)}.png"
+                if not call:
+                    call.append(Path(tempfile.mkdtemp(dir=folder)))
+                path = call[0] / f"{len(made)}.png"
                 path.write_bytes(encode_pil_to_bytes(item, "png"))
                 made[id(item)] = str(path)
             return made[id(item)]

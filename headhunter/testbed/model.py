@@ -16,15 +16,14 @@ from typing import Any
 
 import torch
 
-from .data import COLORS, POSITIONS, SHAPES, STYLES
+from .worlds import SHAPES_WORDS
 
 __all__ = ["IMAGE_SIZE", "MAX_TOKENS", "WORDS", "toy_components", "word_tokenizer"]
 
 IMAGE_SIZE = 32
 MAX_TOKENS = 16  # the longest grammar prompt is 15 tokens with its start and end marks
-#: The grammar's words: each is one token of :func:`word_tokenizer`.
-WORDS = tuple(sorted({"a", "on", "background", ",", *COLORS, *SHAPES,
-                      *(w for p in POSITIONS for w in p.split()), *(w for s in STYLES for w in s.split())}))
+#: toy-shapes' words (the default world's): each is one token of :func:`word_tokenizer`.
+WORDS = SHAPES_WORDS
 
 _CLIP_HIDDEN = 64
 _CLIP_PROJECTION = 32

@@ -207,7 +207,6 @@ def train_model(components: dict, latents: torch.Tensor, prompt_ids: torch.Tenso
     transformer = components["transformer"]
     transformer.set_attn_processor(SinkJointProcessor())
     encoders = (components["text_encoder"], components["text_encoder_2"])
-    per_scene = latents.shape[0] // prompt_ids.shape[0]
 
     def snapshot() -> dict:
         return {**{name: module.state_dict() for name, module in modules.items()}, "ema": ema,
@@ -223,7 +222,7 @@ def train_model(components: dict, latents: torch.Tensor, prompt_ids: torch.Tenso
                 group["lr"] = lr * min(1.0, (step + 1) / 500)
             index = torch.randint(len(latents), (batch,), generator=generator)
             x1 = latents[index]
-            ids = prompt_ids[index // per_scene]
+            ids = prompt_ids[index]  # each image has its own caption
             dropped = torch.rand(batch, generator=generator) < 0.1
             ids = torch.where(dropped[:, None], empty_ids[None], ids)
             text, pooled = encode_text(encoders, ids)
